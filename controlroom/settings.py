@@ -1,0 +1,214 @@
+"""Control Room settings: one module, driven by environment variables.
+
+Every variable is parsed strictly: a value that cannot be read raises ImproperlyConfigured at
+start-up rather than being silently replaced by a default.
+"""
+
+import os
+import socket
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_bool(name, default=False):
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off.")
+
+
+def env_number(name, default, cast=float, minimum=0):
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be at least {minimum}.")
+    return value
+
+
+def env_list(name, default):
+    raw = os.environ.get(name)
+    if raw is None:
+        return list(default)
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required when DEBUG is off. Set SECRET_KEY to a long random string, "
+            "or set DEBUG=1 for a local run."
+        )
+    SECRET_KEY = "django-insecure-local-development-only"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "controlroom.apps.ControlRoomAdminConfig",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_q",
+    "tickets",
+    "runtimes",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "controlroom.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "controlroom" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "controlroom.wsgi.application"
+
+# Database: DATABASE_URL, or an SQLite file inside the project (var/ is ignored by git).
+VAR_DIR = Path(os.environ.get("CONTROLROOM_VAR_DIR", BASE_DIR / "var"))
+_default_db = f"sqlite:///{VAR_DIR / 'controlroom.sqlite3'}"
+try:
+    DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or _default_db)}
+except ValueError as error:
+    raise ImproperlyConfigured(f"DATABASE_URL cannot be parsed: {error}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # IMMEDIATE transactions take SQLite's write lock up front, so the reconciler's
+    # read-compare-write happens under one lock; WAL lets the admin read meanwhile.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+
+# Security headers; the production values are switched on whenever DEBUG is off.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = env_number("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, int)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+if env_bool("BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# ---------------------------------------------------------------------------------------------
+# Control Room
+# ---------------------------------------------------------------------------------------------
+
+# This host's name: runtimes launched here carry it, and this host's reconciler probes only them.
+CONTROLROOM_HOST = os.environ.get("CONTROLROOM_HOST", "").strip() or socket.gethostname()
+
+CONTROLROOM = {
+    # Liveness thresholds (seconds).
+    "START_TIMEOUT": env_number("CONTROLROOM_START_TIMEOUT", 120.0),
+    "WEBSOCKET_IDLE_AFTER": env_number("CONTROLROOM_WEBSOCKET_IDLE_AFTER", 300.0),
+    "UNKNOWN_GRACE": env_number("CONTROLROOM_UNKNOWN_GRACE", 300.0),
+    "HOST_SILENT_AFTER": env_number("CONTROLROOM_HOST_SILENT_AFTER", 180.0),
+    "TMUX_TIMEOUT": env_number("CONTROLROOM_TMUX_TIMEOUT", 5.0),
+    "RECONCILE_EVERY_MINUTES": env_number("CONTROLROOM_RECONCILE_EVERY_MINUTES", 1, int, 1),
+    # Dispatch.
+    "TMUX_BIN": os.environ.get("CONTROLROOM_TMUX_BIN", "tmux"),
+    "CLAUDE_BIN": os.environ.get("CONTROLROOM_CLAUDE_BIN", "claude"),
+    "CODEX_BIN": os.environ.get("CONTROLROOM_CODEX_BIN", "codex"),
+    "SMOKE_TIMEOUT": env_number("CONTROLROOM_SMOKE_TIMEOUT", 60.0),
+    "SMOKE_TTL": env_number("CONTROLROOM_SMOKE_TTL", 6 * 3600.0),
+    "STOP_GRACE": env_number("CONTROLROOM_STOP_GRACE", 5.0),
+    "RUN_DIR": Path(os.environ.get("CONTROLROOM_RUN_DIR", VAR_DIR / "runs")),
+    "CODEX_CHATGPT_UNSUPPORTED": env_list(
+        "CONTROLROOM_CODEX_CHATGPT_UNSUPPORTED",
+        ["codex-mini*", "o3", "o4-mini", "gpt-5-mini", "gpt-5.1-codex-mini", "gpt-5.2", "gpt-5.3-codex"],
+    ),
+    "CODEX_CHATGPT_SUGGESTED": env_list("CONTROLROOM_CODEX_CHATGPT_SUGGESTED", ["gpt-5.5", "gpt-5.4", "gpt-5.4-mini"]),
+    # Longest text taken from worker output into the ledger, a banner or a message.
+    "MAX_MESSAGE_CHARS": env_number("CONTROLROOM_MAX_MESSAGE_CHARS", 2000, int, 80),
+}
+
+# django-q2: the ORM broker by default, Redis when REDIS_URL is set. One cluster per worker host,
+# named after the host, so each host's schedule runs on that host only.
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+Q_CLUSTER = {
+    "name": CONTROLROOM_HOST,
+    "workers": env_number("Q_WORKERS", 2, int, 1),
+    "timeout": 120,
+    "retry": 180,
+    "catch_up": False,
+    "max_attempts": 1,
+    "save_limit": 500,
+    "label": "Background tasks",
+    "poll": 1,
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django": {"level": "INFO"}},
+}

@@ -1,0 +1,280 @@
+from django.contrib import admin, messages
+from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.db.models import BooleanField, Case, Value, When
+from django.utils import timezone
+from django.utils.html import format_html
+
+from runtimes import controller
+from runtimes.models import (
+    ENDED_CLASSES,
+    LIVE_CLASSES,
+    LivenessEvent,
+    ModelSmokeResult,
+    ReconcilerHeartbeat,
+    Runtime,
+    RuntimeClass,
+    WorkerProfile,
+)
+
+# Badge colours per class: green alive, grey quiet or settled, amber waiting, red needs a look.
+BADGE_COLOURS = {
+    RuntimeClass.PENDING: "#b7791f",
+    RuntimeClass.TMUX_LIVE: "#2f855a",
+    RuntimeClass.PROCESS_LIVE: "#2f855a",
+    RuntimeClass.WEBSOCKET_ACTIVE: "#2f855a",
+    RuntimeClass.WEBSOCKET_IDLE: "#718096",
+    RuntimeClass.TMUX_MISSING: "#c53030",
+    RuntimeClass.PROCESS_DEAD: "#c53030",
+    RuntimeClass.EXITED: "#4a5568",
+    RuntimeClass.KILLED_BY_CONTROLLER: "#4a5568",
+    RuntimeClass.COMPLETED_BY_CONTROLLER: "#2b6cb0",
+    RuntimeClass.NO_WORKER_EXPECTED: "#718096",
+    RuntimeClass.UNKNOWN: "#9c4221",
+}
+
+
+def class_badge(runtime_class):
+    return format_html(
+        '<span class="cr-badge" style="background:{};color:#fff;padding:1px 6px;border-radius:8px;'
+        'white-space:nowrap">{}</span>',
+        BADGE_COLOURS.get(runtime_class, "#4a5568"),
+        runtime_class,
+    )
+
+
+class RuntimeClassFilter(admin.SimpleListFilter):
+    """Every runtime class, plus the groups operators ask for: live, ended, needs attention."""
+
+    title = "runtime class"
+    parameter_name = "runtime_class"
+    GROUPS = {"live": ("live (any)", LIVE_CLASSES), "ended": ("ended (any)", ENDED_CLASSES)}
+
+    def lookups(self, request, model_admin):
+        groups = [(key, label) for key, (label, _) in self.GROUPS.items()]
+        return [*groups, ("attention", "needs attention"), *RuntimeClass.choices]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if value in self.GROUPS:
+            return queryset.filter(runtime_class__in=self.GROUPS[value][1])
+        if value == "attention":
+            return queryset.needs_attention()
+        return queryset.filter(runtime_class=value)
+
+
+class NeedsAttentionFilter(admin.SimpleListFilter):
+    title = "needs attention"
+    parameter_name = "attention"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Yes"), ("no", "No"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.needs_attention()
+        if self.value() == "no":
+            return queryset.exclude(pk__in=queryset.needs_attention().values("pk"))
+        return queryset
+
+
+def with_attention(queryset, now=None):
+    """Annotate `attention` in SQL, so the changelist needs no per-row query."""
+    condition = Runtime.needs_attention_q(now or timezone.now())
+    return queryset.annotate(
+        attention=Case(When(condition, then=Value(True)), default=Value(False), output_field=BooleanField())
+    )
+
+
+class LivenessEventInline(admin.TabularInline):
+    model = LivenessEvent
+    fields = ("at", "from_class", "to_class", "reason", "source", "host", "message")
+    readonly_fields = fields
+    ordering = ("-at", "-pk")
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = True
+    verbose_name_plural = "ledger (newest first)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+MACHINE_WRITTEN = (
+    "pid_create_time",
+    "output_path",
+    "last_seen_at",
+    "ended_at",
+    "exit_code",
+    "exit_signal",
+    "exit_outcome",
+    "runtime_class",
+    "class_reason",
+    "class_message",
+    "class_changed_at",
+    "controller_action",
+    "created_at",
+)
+
+
+@admin.register(Runtime)
+class RuntimeAdmin(admin.ModelAdmin):
+    list_display = (
+        "handle",
+        "ticket_key",
+        "kind",
+        "badge",
+        "exit_outcome",
+        "host",
+        "provider_model",
+        "last_activity",
+        "attention_marker",
+    )
+    list_filter = (RuntimeClassFilter, NeedsAttentionFilter, "kind", "provider", "host", "exit_outcome")
+    list_select_related = ("ticket",)
+    search_fields = ("handle", "ticket__key", "model")
+    readonly_fields = MACHINE_WRITTEN
+    raw_id_fields = ("ticket",)
+    inlines = (LivenessEventInline,)
+    actions = ("stop_workers", "recover_workers")
+    show_full_result_count = False
+    list_per_page = 50
+    fieldsets = (
+        (None, {"fields": ("ticket", "kind", "handle", "host", "provider", "model", "profile", "cwd")}),
+        ("Where it runs", {"fields": ("tmux_socket", "tmux_target", "pid", "pid_create_time", "output_path")}),
+        ("Times", {"fields": ("started_at", "last_activity_at", "last_seen_at", "ended_at", "created_at")}),
+        (
+            "State (machine-written)",
+            {
+                "fields": (
+                    "runtime_class",
+                    "class_reason",
+                    "class_message",
+                    "class_changed_at",
+                    "exit_outcome",
+                    "exit_code",
+                    "exit_signal",
+                    "controller_action",
+                )
+            },
+        ),
+    )
+
+    def get_queryset(self, request):
+        return with_attention(super().get_queryset(request))
+
+    @admin.display(description="ticket", ordering="ticket__key")
+    def ticket_key(self, runtime):
+        return runtime.ticket.key
+
+    @admin.display(description="class", ordering="runtime_class")
+    def badge(self, runtime):
+        return class_badge(runtime.runtime_class)
+
+    @admin.display(description="provider / model", ordering="provider")
+    def provider_model(self, runtime):
+        return format_html("{} / {}", runtime.provider, runtime.model or "—")
+
+    @admin.display(description="last activity", ordering="last_activity_at")
+    def last_activity(self, runtime):
+        moment = runtime.last_activity_at or runtime.last_seen_at
+        return naturaltime(moment) if moment else "—"
+
+    @admin.display(description="attention", boolean=False, ordering="attention")
+    def attention_marker(self, runtime):
+        if getattr(runtime, "attention", False):
+            return format_html(
+                '<strong style="color:#c53030" title="{}">⚠ needs attention</strong>', runtime.class_message
+            )
+        return ""
+
+    @admin.action(description="Stop worker (controller kill)", permissions=("change",))
+    def stop_workers(self, request, queryset):
+        self._act(request, queryset, controller.stop_runtime, "Stopped")
+
+    @admin.action(description="Mark work completed by the controller (recover)", permissions=("change",))
+    def recover_workers(self, request, queryset):
+        self._act(request, queryset, controller.recover_runtime, "Recovered")
+
+    def _act(self, request, queryset, action, verb):
+        changed, failures = 0, []
+        for runtime in queryset.select_related("ticket"):
+            try:
+                if action(runtime, by=request.user.get_username()):
+                    changed += 1
+            except controller.ControllerError as error:
+                failures.append(f"{runtime.handle}: {error}")
+        self.message_user(request, f"{verb} {changed} runtime(s).", messages.SUCCESS)
+        for failure in failures:
+            self.message_user(request, failure, messages.ERROR)
+
+
+@admin.register(LivenessEvent)
+class LivenessEventAdmin(admin.ModelAdmin):
+    list_display = ("at", "runtime_handle", "from_badge", "to_badge", "reason", "source", "host")
+    list_filter = ("to_class", "reason", "source")
+    list_select_related = ("runtime",)
+    search_fields = ("runtime__handle",)
+    show_full_result_count = False
+    list_per_page = 100
+    date_hierarchy = None
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="runtime", ordering="runtime__handle")
+    def runtime_handle(self, event):
+        return event.runtime.handle
+
+    @admin.display(description="from")
+    def from_badge(self, event):
+        return class_badge(event.from_class) if event.from_class else "—"
+
+    @admin.display(description="to")
+    def to_badge(self, event):
+        return class_badge(event.to_class)
+
+
+@admin.register(ReconcilerHeartbeat)
+class ReconcilerHeartbeatAdmin(admin.ModelAdmin):
+    list_display = ("host", "finished_at", "duration_ms", "runtimes_seen", "transitions", "errors")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(WorkerProfile)
+class WorkerProfileAdmin(admin.ModelAdmin):
+    list_display = ("name", "provider", "model", "max_turns", "max_budget_usd", "effort", "enabled")
+    list_filter = ("provider", "enabled")
+    search_fields = ("name", "model")
+
+
+@admin.register(ModelSmokeResult)
+class ModelSmokeResultAdmin(admin.ModelAdmin):
+    list_display = ("checked_at", "provider", "model", "auth_mode", "ok", "reason", "duration_ms", "host")
+    list_filter = ("provider", "ok", "reason")
+    search_fields = ("model",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,156 @@
+"""Apply runtime_class transitions: the one place that changes a runtime's class.
+
+Every caller (reconciler, harvest, controller stop/recover) builds Transitions and hands them to
+`apply()`, which in one transaction re-reads the rows' classes under lock, keeps only the
+transitions whose old class still holds (compare-and-set), bulk-updates those rows, appends one
+LivenessEvent each, records verdicts from final messages, and applies the ticket effects. So two
+reconcilers can never record the same transition twice, and a class never changes without its
+ledger event.
+"""
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from runtimes.models import ExitOutcome, LivenessEvent, Reason, Runtime, RuntimeClass
+from runtimes.text import safe_text
+from tickets.models import Ticket, Verdict
+
+RUNTIME_FIELDS = (
+    "runtime_class",
+    "class_reason",
+    "class_message",
+    "class_changed_at",
+    "exit_code",
+    "exit_signal",
+    "exit_outcome",
+    "ended_at",
+    "controller_action",
+)
+
+
+@dataclass
+class Transition:
+    runtime: Runtime
+    to_class: str
+    reason: str
+    message: str
+    source: str
+    observed: dict = field(default_factory=dict)
+    updates: dict = field(default_factory=dict)  # further Runtime fields (exit_code, exit_outcome, …)
+    verdict: str | None = None  # the final message's verdict, recorded as a coder Verdict
+    verdict_summary: str = ""
+
+    @property
+    def from_class(self):
+        return self.runtime.runtime_class
+
+
+def _limit():
+    return settings.CONTROLROOM["MAX_MESSAGE_CHARS"]
+
+
+def _claim(ids):
+    """The current class of each row, read under lock (skip rows another reconciler holds)."""
+    rows = Runtime.objects.filter(pk__in=ids)
+    if connection.features.has_select_for_update_skip_locked:
+        rows = rows.select_for_update(skip_locked=True, of=("self",))
+    return dict(rows.values_list("pk", "runtime_class"))
+
+
+def apply(transitions, now, host):
+    """Write the transitions whose old class still holds; return those written."""
+    if not transitions:
+        return []
+    with transaction.atomic():
+        current = _claim([t.runtime.pk for t in transitions])
+        accepted = [t for t in transitions if current.get(t.runtime.pk) == t.from_class]
+        if not accepted:
+            return []
+        events = []
+        for t in accepted:
+            runtime = t.runtime
+            events.append(
+                LivenessEvent(
+                    runtime=runtime,
+                    at=now,
+                    from_class=runtime.runtime_class,
+                    to_class=t.to_class,
+                    reason=t.reason,
+                    message=safe_text(t.message, _limit()),
+                    source=t.source,
+                    host=host,
+                    observed=t.observed,
+                )
+            )
+            runtime.runtime_class = t.to_class
+            runtime.class_reason = t.reason
+            runtime.class_message = safe_text(t.message, _limit())
+            runtime.class_changed_at = now
+            for name, value in t.updates.items():
+                setattr(runtime, name, value)
+            if t.to_class in (RuntimeClass.EXITED, RuntimeClass.KILLED_BY_CONTROLLER) and runtime.ended_at is None:
+                runtime.ended_at = now
+        Runtime.objects.bulk_update([t.runtime for t in accepted], RUNTIME_FIELDS, batch_size=500)
+        LivenessEvent.objects.bulk_create(events, batch_size=500)
+        _record_verdicts(accepted, now)
+        _apply_ticket_effects(accepted, now)
+    return accepted
+
+
+def _record_verdicts(accepted, now):
+    verdicts = [
+        Verdict(
+            ticket_id=t.runtime.ticket_id,
+            runtime=t.runtime,
+            gate=Verdict.Gate.CODER,
+            outcome=t.verdict,
+            summary=safe_text(t.verdict_summary, _limit()),
+            author=t.runtime.profile or t.runtime.provider,
+            created_at=now,
+        )
+        for t in accepted
+        if t.verdict
+    ]
+    # One verdict per run (a unique constraint): a second harvest records nothing new.
+    Verdict.objects.bulk_create(verdicts, ignore_conflicts=True)
+
+
+def ticket_effect(t):
+    """What a transition does to its ticket: (field updates, only while the ticket is working)."""
+    runtime = t.runtime
+    outcome = runtime.exit_outcome
+    if t.to_class == RuntimeClass.COMPLETED_BY_CONTROLLER:
+        return {"failure_reason": "", "note": f"completed by the controller from {runtime.handle}"}, False
+    if t.to_class in (RuntimeClass.TMUX_MISSING, RuntimeClass.PROCESS_DEAD):
+        label = Reason(t.reason).label if t.reason in Reason.values else t.reason
+        return {"failure_reason": f"{runtime.handle}: {label} — {t.message}"}, True
+    if t.to_class != RuntimeClass.EXITED:
+        return None, True
+    if outcome == ExitOutcome.FAILED:
+        label = Reason(t.reason).label if t.reason in Reason.values else t.reason
+        return {"failure_reason": f"{runtime.handle} failed: {label} — {t.message}"}, True
+    if outcome == ExitOutcome.PARTIAL_USEFUL:
+        limit = "max budget" if t.reason == Reason.MAX_BUDGET else "max turns"
+        if t.reason == Reason.VERDICT_PARTIAL:
+            limit = "worker reported partial work"
+        return {"note": f"partial: {limit}, harvest needed ({runtime.handle})"}, True
+    if outcome == ExitOutcome.COMPLETED and t.verdict in (Verdict.Outcome.DONE, Verdict.Outcome.REVIEW):
+        return {"state": Ticket.State.REVIEW, "note": f"{runtime.handle} finished: {t.verdict}"}, True
+    if outcome == ExitOutcome.COMPLETED and t.verdict == Verdict.Outcome.QUESTION:
+        return {"state": Ticket.State.WAITING, "note": f"{runtime.handle} asked a question"}, True
+    return None, True
+
+
+def _apply_ticket_effects(accepted, now):
+    for t in accepted:
+        updates, only_if_working = ticket_effect(t)
+        if not updates:
+            continue
+        updates = {name: safe_text(value, _limit()) if name != "state" else value for name, value in updates.items()}
+        tickets = Ticket.objects.filter(pk=t.runtime.ticket_id)
+        if only_if_working:
+            # A ticket that stopped expecting a worker (closed, waiting, umbrella) gets no banner.
+            tickets = tickets.filter(Ticket.expects_worker_q())
+        tickets.update(updated_at=now, **updates)

@@ -1,0 +1,229 @@
+"""Classify one runtime from its stored facts and one observation. Pure: no Django, no I/O, no clock.
+
+The class values and the attention rules are the design brief's table; the function is the only
+place that decides them. The reconciler gathers the inputs and writes the result.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+# The class and reason names, repeated as plain strings so this module needs no Django. They are
+# the values of runtimes.models.RuntimeClass / Reason; tests check the two stay in step.
+PENDING = "pending"
+TMUX_LIVE = "tmux-live"
+TMUX_MISSING = "tmux-missing"
+PROCESS_LIVE = "process-live"
+PROCESS_DEAD = "process-dead"
+WEBSOCKET_ACTIVE = "websocket-active"
+WEBSOCKET_IDLE = "websocket-idle"
+EXITED = "exited"
+KILLED_BY_CONTROLLER = "killed-by-controller"
+COMPLETED_BY_CONTROLLER = "completed-by-controller"
+NO_WORKER_EXPECTED = "no-worker-expected"
+UNKNOWN = "unknown"
+
+FINAL = (EXITED, KILLED_BY_CONTROLLER, COMPLETED_BY_CONTROLLER)
+
+# Process probe states (probes.processes sets them).
+ALIVE = "alive"
+GONE = "gone"
+ZOMBIE = "zombie"
+REUSED = "reused"
+DENIED = "denied"
+
+
+@dataclass(frozen=True)
+class Policy:
+    start_timeout: float = 120.0  # seconds a launched worker may take to be seen alive
+    websocket_idle_after: float = 300.0  # seconds without activity before a console is idle
+    unknown_grace: float = 300.0  # seconds a runtime may stay unknown before someone is told
+
+
+@dataclass(frozen=True)
+class RuntimeFacts:
+    kind: str  # "tmux" | "process" | "websocket"
+    runtime_class: str
+    controller_action: str  # "none" | "kill" | "complete"
+    ticket_expects_worker: bool
+    started_at: datetime
+    class_changed_at: datetime | None = None
+    last_activity_at: datetime | None = None
+    pid: int | None = None
+    pid_create_time: float | None = None
+    exit_outcome: str = ""
+
+
+@dataclass(frozen=True)
+class PaneFacts:
+    session: str
+    window_index: str
+    pane_index: str
+    pane_id: str
+    pid: int | None
+    dead: bool
+    dead_status: int | None
+    dead_signal: int | None
+    activity: int | None
+    current_command: str
+
+    def as_dict(self):
+        return {
+            "pane_id": self.pane_id,
+            "pane_pid": self.pid,
+            "pane_dead": self.dead,
+            "pane_dead_status": self.dead_status,
+            "pane_dead_signal": self.dead_signal,
+            "window_activity": self.activity,
+            "current_command": self.current_command,
+        }
+
+
+@dataclass(frozen=True)
+class ProcessFacts:
+    pid: int
+    state: str  # ALIVE | GONE | ZOMBIE | REUSED | DENIED
+    create_time: float | None = None
+    detail: str = ""
+
+    def as_dict(self):
+        return {"pid": self.pid, "state": self.state, "create_time": self.create_time, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one pass saw of one runtime. For tmux rows, `tmux_error` set means the socket could not
+    be observed; `pane` None with no error means the session or pane does not exist."""
+
+    pane: PaneFacts | None = None
+    tmux_error: str | None = None
+    process: ProcessFacts | None = None
+    host_silent: str | None = None  # a message when the runtime's host reconciler has gone quiet
+
+    def as_dict(self):
+        facts = {}
+        if self.pane:
+            facts["pane"] = self.pane.as_dict()
+        if self.tmux_error:
+            facts["tmux_error"] = self.tmux_error
+        if self.process:
+            facts["process"] = self.process.as_dict()
+        if self.host_silent:
+            facts["host_silent"] = self.host_silent
+        return facts
+
+
+@dataclass(frozen=True)
+class Classification:
+    runtime_class: str
+    reason: str
+    message: str = ""
+    needs_attention: bool = False
+    exit_code: int | None = None
+    exit_signal: int | None = None
+
+    @property
+    def ended(self):
+        return self.runtime_class in (*FINAL, TMUX_MISSING, PROCESS_DEAD)
+
+
+def needs_attention(runtime_class, exit_outcome, ticket_expects_worker, seconds_in_class, policy):
+    """Whether a person must act: only where a worker is expected, and only for missing or dead
+    workers, an unknown state past its grace period, or a run that ended in failure."""
+    if not ticket_expects_worker:
+        return False
+    if runtime_class in (TMUX_MISSING, PROCESS_DEAD):
+        return True
+    if runtime_class == UNKNOWN:
+        return seconds_in_class >= policy.unknown_grace
+    return runtime_class == EXITED and exit_outcome == "failed"
+
+
+def classify(facts: RuntimeFacts, observation: Observation, now: datetime, policy: Policy) -> Classification:
+    result = _classify(facts, observation, now, policy)
+    seconds = 0.0
+    if result.runtime_class == facts.runtime_class and facts.class_changed_at:
+        seconds = (now - facts.class_changed_at).total_seconds()
+    attention = needs_attention(result.runtime_class, facts.exit_outcome, facts.ticket_expects_worker, seconds, policy)
+    if attention == result.needs_attention:
+        return result
+    return Classification(
+        result.runtime_class, result.reason, result.message, attention, result.exit_code, result.exit_signal
+    )
+
+
+def _classify(facts, obs, now, policy):
+    if facts.controller_action == "kill":
+        return Classification(KILLED_BY_CONTROLLER, "controller-kill", "stopped by the controller")
+    if facts.controller_action == "complete":
+        return Classification(COMPLETED_BY_CONTROLLER, "controller-complete", "completed by the controller")
+    if facts.runtime_class in FINAL:
+        return Classification(facts.runtime_class, "", "")
+    if obs.host_silent:
+        return Classification(UNKNOWN, "host-silent", obs.host_silent)
+    if facts.kind == "websocket":
+        return _classify_websocket(facts, now, policy)
+    if facts.kind == "process":
+        return _classify_process(facts, obs, now, policy)
+    return _classify_tmux(facts, obs, now, policy)
+
+
+def _classify_websocket(facts, now, policy):
+    last = facts.last_activity_at or facts.started_at
+    idle_for = (now - last).total_seconds()
+    if idle_for < policy.websocket_idle_after:
+        return Classification(WEBSOCKET_ACTIVE, "recent-activity", f"last activity {int(max(idle_for, 0))}s ago")
+    return Classification(WEBSOCKET_IDLE, "heartbeat-stale", f"no activity for {int(idle_for)}s")
+
+
+def _gone(facts, now, policy, missing_class, reason, message, certain=False):
+    """A worker that is not there: still starting, missing, or simply not expected. `certain`
+    means the observation proves the worker ran and ended (a pid that is gone), so a pending
+    runtime does not wait for its start deadline."""
+    waited = (now - facts.started_at).total_seconds()
+    if facts.runtime_class == PENDING and not certain and waited < policy.start_timeout:
+        return Classification(PENDING, "awaiting-start", f"not seen yet, {int(waited)}s after launch")
+    if not facts.ticket_expects_worker:
+        return Classification(NO_WORKER_EXPECTED, "ticket-inactive", f"{message}; the ticket expects no worker")
+    if facts.runtime_class == PENDING and not certain:
+        return Classification(
+            missing_class, "start-timeout", f"{message}; never seen alive within {int(policy.start_timeout)}s"
+        )
+    return Classification(missing_class, reason, message)
+
+
+def _classify_process(facts, obs, now, policy):
+    proc = obs.process
+    if proc is None:
+        return Classification(UNKNOWN, "not-observed", "no pid recorded to probe")
+    if proc.state == ALIVE:
+        return Classification(PROCESS_LIVE, "process-alive", f"pid {proc.pid} alive")
+    if proc.state == DENIED:
+        return Classification(UNKNOWN, "access-denied", f"pid {proc.pid}: access denied ({proc.detail})")
+    reason, message = {
+        ZOMBIE: ("process-zombie", f"pid {proc.pid} is a zombie"),
+        REUSED: ("pid-reused", f"pid {proc.pid} now belongs to another process ({proc.detail})"),
+    }.get(proc.state, ("process-exited", f"pid {proc.pid} is gone"))
+    return _gone(facts, now, policy, PROCESS_DEAD, reason, message, certain=True)
+
+
+def _classify_tmux(facts, obs, now, policy):
+    if obs.tmux_error:
+        return Classification(UNKNOWN, "tmux-unreachable", obs.tmux_error)
+    pane = obs.pane
+    if pane is None:
+        return _gone(facts, now, policy, TMUX_MISSING, "session-missing", "tmux session or pane not found")
+    if not pane.dead:
+        return Classification(TMUX_LIVE, "pane-alive", f"pane {pane.pane_id} pid {pane.pid} running")
+    if pane.dead_signal is not None:
+        return Classification(
+            EXITED,
+            "pane-dead-signal",
+            f"pane {pane.pane_id} killed by signal {pane.dead_signal}",
+            exit_signal=pane.dead_signal,
+        )
+    return Classification(
+        EXITED,
+        "pane-dead-exit",
+        f"pane {pane.pane_id} exited with status {pane.dead_status}",
+        exit_code=pane.dead_status,
+    )

@@ -1,0 +1,365 @@
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from tickets.models import Ticket
+
+
+class RuntimeClass(models.TextChoices):
+    PENDING = "pending", "pending"
+    TMUX_LIVE = "tmux-live", "tmux-live"
+    TMUX_MISSING = "tmux-missing", "tmux-missing"
+    PROCESS_LIVE = "process-live", "process-live"
+    PROCESS_DEAD = "process-dead", "process-dead"
+    WEBSOCKET_ACTIVE = "websocket-active", "websocket-active"
+    WEBSOCKET_IDLE = "websocket-idle", "websocket-idle"
+    EXITED = "exited", "exited"
+    KILLED_BY_CONTROLLER = "killed-by-controller", "killed-by-controller"
+    COMPLETED_BY_CONTROLLER = "completed-by-controller", "completed-by-controller"
+    NO_WORKER_EXPECTED = "no-worker-expected", "no-worker-expected"
+    UNKNOWN = "unknown", "unknown"
+
+
+# Groups of classes, used by filters, the reconciler and the admin.
+LIVE_CLASSES = (
+    RuntimeClass.PENDING,
+    RuntimeClass.TMUX_LIVE,
+    RuntimeClass.PROCESS_LIVE,
+    RuntimeClass.WEBSOCKET_ACTIVE,
+    RuntimeClass.WEBSOCKET_IDLE,
+)
+# A runtime in one of these classes is settled: the reconciler never looks at it again.
+FINAL_CLASSES = (
+    RuntimeClass.EXITED,
+    RuntimeClass.KILLED_BY_CONTROLLER,
+    RuntimeClass.COMPLETED_BY_CONTROLLER,
+)
+ENDED_CLASSES = (*FINAL_CLASSES, RuntimeClass.TMUX_MISSING, RuntimeClass.PROCESS_DEAD)
+MISSING_CLASSES = (RuntimeClass.TMUX_MISSING, RuntimeClass.PROCESS_DEAD)
+
+
+class Reason(models.TextChoices):
+    """Why a runtime is in its class: a closed vocabulary named after causes."""
+
+    LAUNCHED = "launched", "launched"
+    IMPORTED = "imported", "imported"
+    AWAITING_START = "awaiting-start", "awaiting start"
+    START_TIMEOUT = "start-timeout", "start timeout"
+    PANE_ALIVE = "pane-alive", "pane alive"
+    PROCESS_ALIVE = "process-alive", "process alive"
+    SESSION_MISSING = "session-missing", "session missing"
+    PANE_DEAD_EXIT = "pane-dead-exit", "pane dead (exit status)"
+    PANE_DEAD_SIGNAL = "pane-dead-signal", "pane dead (signal)"
+    PROCESS_EXITED = "process-exited", "process exited"
+    PROCESS_ZOMBIE = "process-zombie", "process zombie"
+    PID_REUSED = "pid-reused", "pid reused"
+    ACCESS_DENIED = "access-denied", "access denied"
+    NOT_OBSERVED = "not-observed", "not observed"
+    RECENT_ACTIVITY = "recent-activity", "recent activity"
+    HEARTBEAT_STALE = "heartbeat-stale", "heartbeat stale"
+    HOST_SILENT = "host-silent", "host silent"
+    TMUX_UNREACHABLE = "tmux-unreachable", "tmux unreachable"
+    TICKET_INACTIVE = "ticket-inactive", "ticket expects no worker"
+    CONTROLLER_KILL = "controller-kill", "controller kill"
+    CONTROLLER_COMPLETE = "controller-complete", "controller complete"
+    # Exit outcomes (set by harvest).
+    COMPLETED = "completed", "completed"
+    MAX_TURNS = "max-turns", "max turns"
+    MAX_BUDGET = "max-budget", "max budget"
+    API_ERROR = "api-error", "API error"
+    AUTH_ERROR = "auth-error", "auth error"
+    UNSUPPORTED_MODEL = "unsupported-model", "unsupported model"
+    RATE_LIMITED = "rate-limited", "rate limited"
+    OVERLOADED = "overloaded", "overloaded"
+    BILLING_ERROR = "billing-error", "billing error"
+    EXECUTION_ERROR = "execution-error", "error during execution"
+    STRUCTURED_OUTPUT = "structured-output-retries", "structured output retries"
+    INTERRUPTED = "interrupted", "interrupted"
+    VERDICT_FAILED = "verdict-failed", "worker reported failure"
+    VERDICT_PARTIAL = "verdict-partial", "worker reported partial work"
+    UNPARSEABLE_OUTPUT = "unparseable-output", "unparseable output"
+    EXIT_STATUS = "exit-status", "exit status only"
+
+
+class ExitOutcome(models.TextChoices):
+    NONE = "", "—"
+    COMPLETED = "completed", "completed"
+    PARTIAL_USEFUL = "partial-useful", "partial-useful"
+    FAILED = "failed", "failed"
+
+
+class Provider(models.TextChoices):
+    CLAUDE = "claude", "Claude Code"
+    CODEX = "codex", "Codex CLI"
+    HERMES = "hermes", "Hermes"
+    OTHER = "other", "Other"
+
+
+class RuntimeQuerySet(models.QuerySet):
+    def on_host(self, host):
+        return self.filter(host=host)
+
+    def active(self):
+        """Runtimes the reconciler still watches (not settled)."""
+        return self.exclude(runtime_class__in=FINAL_CLASSES)
+
+    def live(self):
+        return self.filter(runtime_class__in=LIVE_CLASSES)
+
+    def ended(self):
+        return self.filter(runtime_class__in=ENDED_CLASSES)
+
+    def needs_attention(self, now=None):
+        """Runtimes a person must act on; joins the ticket in SQL (one query)."""
+        return self.filter(Runtime.needs_attention_q(now))
+
+
+class Runtime(models.Model):
+    class Kind(models.TextChoices):
+        TMUX = "tmux", "tmux pane"
+        PROCESS = "process", "background process"
+        WEBSOCKET = "websocket", "websocket console"
+
+    class ControllerAction(models.TextChoices):
+        NONE = "none", "none"
+        KILL = "kill", "kill"
+        COMPLETE = "complete", "complete"
+
+    ticket = models.ForeignKey(Ticket, on_delete=models.PROTECT, related_name="runtimes")
+    kind = models.CharField(max_length=12, choices=Kind)
+    handle = models.CharField(
+        max_length=200, help_text="e.g. tmux:cr-mc-4502, hermes-bg:proc_0123456789ab, ws:console-17"
+    )
+    host = models.CharField(max_length=255, default="", blank=True)
+    tmux_socket = models.CharField(
+        max_length=255, blank=True, help_text="tmux socket name (-L) or path (-S); blank for the default server."
+    )
+    tmux_target = models.CharField(
+        max_length=255, blank=True, help_text="Session name, session:window.pane or %pane id."
+    )
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    pid_create_time = models.FloatField(
+        null=True, blank=True, help_text="The process's start time (epoch seconds): with pid, its identity."
+    )
+    provider = models.CharField(max_length=12, choices=Provider, default=Provider.OTHER)
+    model = models.CharField(max_length=100, blank=True)
+    profile = models.CharField(max_length=100, blank=True)
+    cwd = models.CharField(max_length=1024, blank=True)
+    output_path = models.CharField(max_length=1024, blank=True, help_text="The CLI's machine-readable output log.")
+    started_at = models.DateTimeField(default=timezone.now)
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    exit_signal = models.PositiveSmallIntegerField(null=True, blank=True)
+    exit_outcome = models.CharField(max_length=16, choices=ExitOutcome, default=ExitOutcome.NONE, blank=True)
+    runtime_class = models.CharField(max_length=24, choices=RuntimeClass, default=RuntimeClass.PENDING)
+    class_reason = models.CharField(max_length=32, choices=Reason, default=Reason.LAUNCHED)
+    class_message = models.TextField(blank=True)
+    class_changed_at = models.DateTimeField(default=timezone.now)
+    controller_action = models.CharField(max_length=10, choices=ControllerAction, default=ControllerAction.NONE)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = RuntimeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-started_at", "-pk")
+        constraints = [
+            models.UniqueConstraint(fields=["host", "handle"], name="runtime_handle_unique_per_host"),
+            models.CheckConstraint(
+                name="runtime_tmux_has_target",
+                condition=~Q(kind="tmux") | ~Q(tmux_target=""),
+                violation_error_message="A tmux runtime needs a tmux target.",
+            ),
+            models.CheckConstraint(
+                name="runtime_process_has_pid",
+                condition=~Q(kind="process") | Q(pid__isnull=False),
+                violation_error_message="A process runtime needs a pid.",
+            ),
+            models.CheckConstraint(
+                name="runtime_websocket_has_no_tmux_target",
+                condition=~Q(kind="websocket") | (Q(tmux_target="") & Q(tmux_socket="")),
+                violation_error_message="A websocket runtime has no tmux socket or target.",
+            ),
+            models.CheckConstraint(
+                name="runtime_class_valid",
+                condition=Q(runtime_class__in=RuntimeClass.values),
+            ),
+            models.CheckConstraint(
+                name="runtime_kind_valid",
+                condition=Q(kind__in=["tmux", "process", "websocket"]),
+            ),
+        ]
+        indexes = [
+            # The reconciler's load: this host's unsettled runtimes (partial: history is skipped).
+            models.Index(
+                fields=["host", "runtime_class"],
+                name="runtime_active_host_idx",
+                condition=~Q(runtime_class__in=["exited", "killed-by-controller", "completed-by-controller"]),
+            ),
+            # The changelist's runtime_class filter, newest first.
+            models.Index(fields=["runtime_class", "-started_at"], name="runtime_class_recent_idx"),
+            # The default changelist ordering.
+            models.Index(fields=["-started_at", "-id"], name="runtime_recent_idx"),
+            # A ticket's runtimes (ticket page inline and the ticket changelist's counts).
+            models.Index(fields=["ticket", "runtime_class"], name="runtime_ticket_class_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.handle} #{self.pk}" if self.pk else self.handle
+
+    def clean(self):
+        errors = {}
+        if self.kind == self.Kind.TMUX and not self.tmux_target:
+            errors["tmux_target"] = "A tmux runtime needs a tmux target (its session name)."
+        if self.kind == self.Kind.PROCESS and self.pid is None:
+            errors["pid"] = "A background-process runtime needs its pid."
+        if self.kind == self.Kind.WEBSOCKET and (self.tmux_target or self.tmux_socket):
+            errors["tmux_target"] = "A websocket console has no tmux pane: leave tmux socket and target blank."
+        if errors:
+            raise ValidationError(errors)
+
+    @staticmethod
+    def needs_attention_q(now=None, runtime_prefix="", ticket_prefix="ticket__"):
+        """The condition "a person must act" (the design's attention rules), as a Q that can be
+        used from Runtime (the default prefixes) or from Ticket (runtime_prefix="runtimes__",
+        ticket_prefix="")."""
+        now = now or timezone.now()
+        grace = timedelta(seconds=settings.CONTROLROOM["UNKNOWN_GRACE"])
+        r = runtime_prefix
+        return Ticket.expects_worker_q(prefix=ticket_prefix) & (
+            Q(**{f"{r}runtime_class__in": MISSING_CLASSES})
+            | Q(**{f"{r}runtime_class": RuntimeClass.UNKNOWN, f"{r}class_changed_at__lte": now - grace})
+            | Q(**{f"{r}runtime_class": RuntimeClass.EXITED, f"{r}exit_outcome": ExitOutcome.FAILED})
+        )
+
+    @property
+    def is_final(self):
+        return self.runtime_class in FINAL_CLASSES
+
+
+class LivenessEvent(models.Model):
+    """One runtime_class transition: the append-only ledger."""
+
+    class Source(models.TextChoices):
+        RECONCILER = "reconciler", "reconciler"
+        CONTROLLER = "controller", "controller"
+        LAUNCH = "launch", "launch"
+        HARVEST = "harvest", "harvest"
+        HEARTBEAT = "heartbeat", "heartbeat"
+        IMPORT = "import", "import"
+
+    runtime = models.ForeignKey(Runtime, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    from_class = models.CharField(max_length=24, choices=RuntimeClass, blank=True)
+    to_class = models.CharField(max_length=24, choices=RuntimeClass)
+    reason = models.CharField(max_length=32, choices=Reason)
+    message = models.TextField(blank=True)
+    source = models.CharField(max_length=12, choices=Source)
+    host = models.CharField(max_length=255, blank=True, help_text="The host whose reconciler or command wrote it.")
+    observed = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ("-at", "-pk")
+        indexes = [
+            # "Events of this runtime, newest first" (the runtime page's ledger inline).
+            models.Index(fields=["runtime", "-at", "-id"], name="event_runtime_recent_idx"),
+            # The ledger changelist, newest first.
+            models.Index(fields=["-at", "-id"], name="event_recent_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.from_class or '∅'} → {self.to_class} #{self.pk}"
+
+
+class ReconcilerHeartbeat(models.Model):
+    """The last pass of each host's reconciler: a host that stops reporting is silent."""
+
+    host = models.CharField(max_length=255, unique=True)
+    finished_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(default=0)
+    runtimes_seen = models.PositiveIntegerField(default=0)
+    transitions = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    counts = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ("host",)
+
+    def __str__(self):
+        return self.host
+
+
+class WorkerProfile(models.Model):
+    """A named way of launching a worker: provider, exact model, flags. No default model exists."""
+
+    LAUNCHABLE_PROVIDERS = (Provider.CLAUDE, Provider.CODEX)
+
+    name = models.SlugField(max_length=100, unique=True)
+    provider = models.CharField(max_length=12, choices=[(p.value, p.label) for p in LAUNCHABLE_PROVIDERS])
+    model = models.CharField(max_length=100, help_text="The exact model name passed to the CLI.")
+    max_turns = models.PositiveIntegerField(null=True, blank=True, help_text="Claude only.")
+    max_budget_usd = models.DecimalField(
+        max_digits=8, decimal_places=2, null=True, blank=True, help_text="Claude only."
+    )
+    effort = models.CharField(max_length=20, blank=True, help_text="Reasoning effort, e.g. high.")
+    extra_args = models.JSONField(
+        default=list, blank=True, help_text='Extra CLI arguments, as a JSON list: ["--flag", "value"].'
+    )
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ("name",)
+        constraints = [
+            models.CheckConstraint(name="profile_has_model", condition=~Q(model="")),
+            models.CheckConstraint(name="profile_provider_launchable", condition=Q(provider__in=["claude", "codex"])),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if not isinstance(self.extra_args, list) or not all(isinstance(a, str) for a in self.extra_args):
+            raise ValidationError({"extra_args": "Extra arguments must be a JSON list of strings."})
+        if self.model != self.model.strip() or any(c.isspace() for c in self.model):
+            raise ValidationError({"model": "A model name has no spaces."})
+
+
+class ModelSmokeResult(models.Model):
+    class Reason(models.TextChoices):
+        OK = "ok", "ok"
+        UNSUPPORTED_MODEL = "unsupported-model", "unsupported model"
+        AUTH_MISSING = "auth-missing", "auth missing"
+        CLI_MISSING = "cli-missing", "CLI missing"
+        TIMEOUT = "timeout", "timeout"
+        ERROR = "error", "error"
+
+    provider = models.CharField(max_length=12, choices=Provider)
+    model = models.CharField(max_length=100)
+    auth_mode = models.CharField(max_length=40, blank=True)
+    cli_version = models.CharField(max_length=100, blank=True)
+    ok = models.BooleanField(default=False)
+    reason = models.CharField(max_length=20, choices=Reason)
+    message = models.TextField(blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    host = models.CharField(max_length=255, blank=True)
+    checked_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("-checked_at", "-pk")
+        constraints = [
+            models.CheckConstraint(
+                name="smoke_ok_iff_reason_ok", condition=Q(ok=True, reason="ok") | Q(ok=False) & ~Q(reason="ok")
+            ),
+        ]
+        indexes = [
+            # Launch's "latest passing smoke result for this provider/model".
+            models.Index(fields=["provider", "model", "-checked_at"], name="smoke_latest_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.provider}/{self.model} {self.reason} #{self.pk}"

@@ -1,0 +1,209 @@
+"""How a Claude Code or Codex run ended, read from its machine-readable output. Pure functions.
+
+Claude Code print mode (`--output-format json` or `stream-json`): the last `result` object decides,
+by `subtype`, then `is_error`, then `terminal_reason` / `api_error_status`. Codex (`exec --json`):
+the last `turn.completed` / `turn.failed` event decides; a top-level `error` event is not terminal.
+Never the exit code alone. A final message that opens with a verdict (tickets.verdicts) is that
+verdict. Any input, however broken, gives an Outcome and never raises.
+"""
+
+import json
+from dataclasses import asdict, dataclass
+
+from runtimes.text import quote_tail, safe_text
+from tickets import verdicts
+
+COMPLETED = "completed"
+PARTIAL_USEFUL = "partial-useful"
+FAILED = "failed"
+
+# Verdicts that make a run's result what the worker said it was.
+_FINISHED_VERDICTS = (verdicts.DONE, verdicts.REVIEW, verdicts.QUESTION, verdicts.APPROVED, verdicts.CHANGES_REQUESTED)
+
+MAX_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_outcome: str
+    reason: str
+    message: str = ""
+    verdict: str | None = None
+    final_text: str = ""
+    turns: int | None = None
+    cost_usd: float | None = None
+
+    def as_dict(self):
+        data = asdict(self)
+        data.pop("final_text")
+        return data
+
+
+def _text(raw):
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    return raw if isinstance(raw, str) else ""
+
+
+def _json_objects(text):
+    """Each line that is a JSON object, in order (malformed lines are skipped)."""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            yield value
+
+
+def _number(value, cast):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return cast(value)
+    except (OverflowError, ValueError):
+        return None
+
+
+def error_reason(text, status=None):
+    """The reason code for an API/account error, from its HTTP status and words."""
+    lowered = text.lower()
+    if "not supported when using codex with a chatgpt account" in lowered or "unsupported model" in lowered:
+        return "unsupported-model"
+    if "does not appear in the list of models" in lowered or ("model" in lowered and "not found" in lowered):
+        return "unsupported-model"
+    if status in (401, 403) or any(
+        words in lowered
+        for words in ("invalid api key", "not logged in", "authentication", "unauthorized", "please run /login", "401")
+    ):
+        return "auth-error"
+    if "credit balance" in lowered or "billing" in lowered:
+        return "billing-error"
+    if status == 429 or any(words in lowered for words in ("rate limit", "hit your limit", "usage limit", "429")):
+        return "rate-limited"
+    if status == 529 or "overloaded" in lowered:
+        return "overloaded"
+    return "api-error"
+
+
+def _with_verdict(outcome, reason, message, final_text, **extra):
+    """Apply the final message's verdict to a finished run."""
+    verdict = verdicts.parse_verdict(final_text)
+    if verdict == verdicts.PARTIAL:
+        outcome, reason = PARTIAL_USEFUL, "verdict-partial"
+    elif verdict == verdicts.FAILED:
+        outcome, reason = FAILED, "verdict-failed"
+    return Outcome(outcome, reason, safe_text(message, MAX_MESSAGE), verdict, safe_text(final_text, 20_000), **extra)
+
+
+def unparseable(raw, what):
+    text = _text(raw)
+    seen = quote_tail(text) if text.strip() else "nothing"
+    return Outcome(FAILED, "unparseable-output", safe_text(f"no {what} found in the output; saw {seen}", MAX_MESSAGE))
+
+
+def classify_claude(raw):
+    """Classify Claude Code print-mode output (json or stream-json)."""
+    text = _text(raw)
+    result = None
+    started = False
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    candidates = [whole] if isinstance(whole, dict) else list(_json_objects(text))
+    for obj in candidates:
+        if obj.get("type") == "result":
+            result = obj
+        elif obj.get("type") in ("system", "assistant", "user"):
+            started = True
+    if result is None:
+        if started:
+            return Outcome(FAILED, "interrupted", "the run stopped before printing its result")
+        return unparseable(raw, "Claude result object")
+    return _claude_result(result)
+
+
+def _claude_result(result):
+    subtype = result.get("subtype") if isinstance(result.get("subtype"), str) else ""
+    is_error = result.get("is_error") is True
+    final = result.get("result") if isinstance(result.get("result"), str) else ""
+    errors = result.get("errors") if isinstance(result.get("errors"), list) else []
+    error_text = "; ".join(str(e) for e in errors)
+    terminal = result.get("terminal_reason") if isinstance(result.get("terminal_reason"), str) else ""
+    status = _number(result.get("api_error_status"), int)
+    extra = {"turns": _number(result.get("num_turns"), int), "cost_usd": _number(result.get("total_cost_usd"), float)}
+    verdict = verdicts.parse_verdict(final)
+
+    if subtype == "success" and not is_error:
+        return _with_verdict(COMPLETED, "completed", "finished", final, **extra)
+    if verdict in _FINISHED_VERDICTS and not (subtype == "success" and is_error):
+        # The worker said it finished; a limit mentioned or hit afterwards does not undo that.
+        return _with_verdict(COMPLETED, "completed", f"{subtype or 'result'} with a {verdict} verdict", final, **extra)
+    if subtype == "error_max_turns" or terminal == "max_turns":
+        return _with_verdict(
+            PARTIAL_USEFUL, "max-turns", error_text or "reached the maximum number of turns", final, **extra
+        )
+    if subtype == "error_max_budget_usd":
+        return _with_verdict(PARTIAL_USEFUL, "max-budget", error_text or "reached the maximum budget", final, **extra)
+    if subtype == "error_max_structured_output_retries":
+        return _with_verdict(FAILED, "structured-output-retries", error_text or subtype, final, **extra)
+    if terminal.startswith("aborted"):
+        return _with_verdict(FAILED, "interrupted", f"turn interrupted ({terminal})", final, **extra)
+    message = final or error_text or terminal or subtype or "error"
+    if subtype == "error_during_execution" and not (final or status or terminal == "api_error"):
+        return _with_verdict(FAILED, "execution-error", message, "", **extra)
+    if status:
+        message = f"HTTP {status}: {message}"
+    return Outcome(FAILED, error_reason(message, status), safe_text(message, MAX_MESSAGE), None, "", **extra)
+
+
+def classify_codex(raw):
+    """Classify `codex exec --json` output (JSONL events)."""
+    text = _text(raw)
+    terminal = None
+    last_message = ""
+    last_error = ""
+    seen_events = False
+    usage = None
+    for event in _json_objects(text):
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            continue
+        seen_events = True
+        if kind in ("turn.completed", "turn.failed"):
+            terminal = event
+            if kind == "turn.completed" and isinstance(event.get("usage"), dict):
+                usage = event["usage"]
+        elif kind == "error":
+            last_error = str(event.get("message", ""))
+        elif kind == "item.completed":
+            item = event.get("item")
+            if isinstance(item, dict) and item.get("type") == "agent_message" and isinstance(item.get("text"), str):
+                last_message = item["text"]
+    if terminal is None:
+        if seen_events:
+            detail = f"; last error: {last_error}" if last_error else ""
+            return Outcome(
+                FAILED, "interrupted", safe_text(f"the stream ended with no terminal event{detail}", MAX_MESSAGE)
+            )
+        return unparseable(raw, "Codex JSON event")
+    if terminal["type"] == "turn.failed":
+        error = terminal.get("error")
+        message = str(error.get("message", "")) if isinstance(error, dict) else ""
+        message = message or last_error or "turn failed"
+        return Outcome(
+            FAILED, error_reason(message), safe_text(message, MAX_MESSAGE), None, safe_text(last_message, 20_000)
+        )
+    tokens = _number(usage.get("output_tokens"), int) if usage else None
+    message = "turn completed" + (f" ({tokens} output tokens)" if tokens is not None else "")
+    return _with_verdict(COMPLETED, "completed", message, last_message)
+
+
+def classify(provider, raw):
+    if provider == "codex":
+        return classify_codex(raw)
+    return classify_claude(raw)

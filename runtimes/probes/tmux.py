@@ -1,0 +1,141 @@
+"""The only code that talks to tmux: one bounded `list-panes -a` per socket, and the few commands
+dispatch and the controller need. Every call is an argv list with a timeout.
+
+libtmux's `tmux_cmd` waits on tmux with no time limit, so a hung server would hang the whole
+reconciler; these calls build the same `tmux -L NAME …` argv and run it under a timeout.
+"""
+
+import subprocess
+from dataclasses import dataclass, field
+
+from runtimes.liveness import PaneFacts
+
+FIELDS = (
+    "#{session_name}",
+    "#{window_index}",
+    "#{pane_index}",
+    "#{pane_id}",
+    "#{pane_pid}",
+    "#{pane_dead}",
+    "#{pane_dead_status}",
+    "#{pane_dead_signal}",
+    "#{window_activity}",
+    "#{pane_current_command}",
+)
+PANE_FORMAT = "\t".join(FIELDS)
+
+# tmux's words for "no server on this socket" (client.c): that is no panes, not an error.
+_NO_SERVER = ("no server running on", "error connecting to")
+
+
+class TmuxError(Exception):
+    """tmux could not be asked (binary missing, permission, timeout, or a tmux error)."""
+
+
+def socket_args(socket):
+    """`-S path` for a socket path, `-L name` for a socket name, nothing for the default server."""
+    if not socket:
+        return []
+    return ["-S", socket] if "/" in socket else ["-L", socket]
+
+
+def run(socket, *args, tmux_bin="tmux", timeout=5.0):
+    """Run one tmux command on `socket`; return the CompletedProcess, or raise TmuxError."""
+    argv = [tmux_bin, *socket_args(socket), *args]
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise TmuxError(f"tmux binary not found: {tmux_bin}") from None
+    except PermissionError as error:
+        raise TmuxError(f"tmux binary not executable: {tmux_bin} ({error.strerror})") from None
+    except subprocess.TimeoutExpired:
+        raise TmuxError(
+            f"tmux {args[0] if args else ''} timed out after {timeout:g}s on {socket or 'default'}"
+        ) from None
+    except OSError as error:
+        raise TmuxError(f"tmux could not run: {error}") from None
+
+
+def is_no_server(stderr):
+    text = stderr.strip()
+    if text.startswith(_NO_SERVER[0]):
+        return True
+    return text.startswith(_NO_SERVER[1]) and "No such file or directory" in text
+
+
+def _int_or_none(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_panes(lines):
+    panes = []
+    for line in lines:
+        parts = line.split("\t", len(FIELDS) - 1)
+        if len(parts) != len(FIELDS):
+            continue
+        session, window, pane, pane_id, pid, dead, status, signal, activity, command = parts
+        is_dead = dead == "1"
+        panes.append(
+            PaneFacts(
+                session=session,
+                window_index=window,
+                pane_index=pane,
+                pane_id=pane_id,
+                pid=_int_or_none(pid),
+                dead=is_dead,
+                dead_status=_int_or_none(status) if is_dead else None,
+                dead_signal=_int_or_none(signal) if is_dead else None,
+                activity=_int_or_none(activity),
+                current_command=command,
+            )
+        )
+    return panes
+
+
+@dataclass
+class SocketSnapshot:
+    """All panes of one tmux server, or the error that kept us from seeing them."""
+
+    socket: str
+    error: str | None = None
+    by_target: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, socket, panes):
+        snapshot = cls(socket)
+        for pane in panes:
+            key = f"{pane.session}:{pane.window_index}.{pane.pane_index}"
+            snapshot.by_target[key] = pane
+            snapshot.by_target[pane.pane_id] = pane
+            # A bare session name means the session's first pane.
+            snapshot.by_target.setdefault(pane.session, pane)
+        return snapshot
+
+    def find(self, target):
+        return self.by_target.get(target)
+
+    @property
+    def pane_count(self):
+        return len({pane.pane_id for pane in self.by_target.values()})
+
+
+def list_panes(socket, tmux_bin="tmux", timeout=5.0):
+    """One `list-panes -a` on one socket. Never raises: errors land in the snapshot."""
+    try:
+        done = run(socket, "list-panes", "-a", "-F", PANE_FORMAT, tmux_bin=tmux_bin, timeout=timeout)
+    except TmuxError as error:
+        return SocketSnapshot(socket, error=str(error))
+    if done.returncode != 0:
+        if is_no_server(done.stderr):
+            return SocketSnapshot(socket)
+        detail = done.stderr.strip() or f"exit status {done.returncode}"
+        return SocketSnapshot(socket, error=f"tmux list-panes failed on {socket or 'default'}: {detail[:500]}")
+    return SocketSnapshot.of(socket, parse_panes(done.stdout.splitlines()))
+
+
+def snapshot(sockets, tmux_bin="tmux", timeout=5.0):
+    """Every pane on every socket named: one tmux call per distinct socket."""
+    return {socket: list_panes(socket, tmux_bin, timeout) for socket in sorted(set(sockets))}

@@ -1,0 +1,198 @@
+"""One reconciliation pass for one host: gather one snapshot, classify, write what changed.
+
+The only code that joins probes, the classifier and the database. Cost per pass: one tmux call per
+distinct socket, one psutil identity check per tracked pid, and a constant number of SQL
+statements whatever the number of runtimes (plus a few per transition's ticket effect).
+"""
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count
+from django.utils import timezone
+
+from runtimes import harvest, ledger, liveness
+from runtimes.models import LIVE_CLASSES, LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
+from runtimes.probes import processes as process_probe
+from runtimes.probes import tmux as tmux_probe
+
+logger = logging.getLogger(__name__)
+
+# Classes in which a runtime's host is watching it: these turn unknown when the host goes silent.
+WATCHED_CLASSES = (RuntimeClass.PENDING, RuntimeClass.TMUX_LIVE, RuntimeClass.PROCESS_LIVE)
+# The fields one pass needs (keeps the load light on large tables).
+LOAD_FIELDS = (
+    "kind", "handle", "host", "tmux_socket", "tmux_target", "pid", "pid_create_time", "provider", "profile",
+    "output_path", "started_at", "last_activity_at", "runtime_class", "class_changed_at", "controller_action",
+    "exit_outcome", "exit_code", "exit_signal", "ended_at", "ticket__state", "ticket__kind",
+)  # fmt: skip
+
+
+@dataclass
+class PassSummary:
+    host: str
+    runtimes: int = 0
+    transitions: int = 0
+    errors: int = 0
+    silent_hosts: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    duration_ms: int = 0
+    tmux_sockets: int = 0
+    error_messages: list = field(default_factory=list)
+
+    def as_dict(self):
+        return asdict(self)
+
+    def __str__(self):
+        return (
+            f"{self.host}: {self.runtimes} runtimes, {self.transitions} transitions, "
+            f"{self.errors} errors in {self.duration_ms} ms"
+        )
+
+
+def policy_from_settings():
+    config = settings.CONTROLROOM
+    return liveness.Policy(
+        start_timeout=config["START_TIMEOUT"],
+        websocket_idle_after=config["WEBSOCKET_IDLE_AFTER"],
+        unknown_grace=config["UNKNOWN_GRACE"],
+    )
+
+
+def facts_of(runtime):
+    return liveness.RuntimeFacts(
+        kind=runtime.kind,
+        runtime_class=runtime.runtime_class,
+        controller_action=runtime.controller_action,
+        ticket_expects_worker=runtime.ticket.expects_worker,
+        started_at=runtime.started_at,
+        class_changed_at=runtime.class_changed_at,
+        last_activity_at=runtime.last_activity_at,
+        pid=runtime.pid,
+        pid_create_time=runtime.pid_create_time,
+        exit_outcome=runtime.exit_outcome,
+    )
+
+
+@dataclass
+class Snapshot:
+    """Everything one pass observed, gathered before anything is classified."""
+
+    tmux: dict
+    processes: dict
+
+    @classmethod
+    def gather(cls, runtimes):
+        config = settings.CONTROLROOM
+        sockets = {r.tmux_socket for r in runtimes if r.kind == Runtime.Kind.TMUX}
+        identities = [(r.pid, r.pid_create_time) for r in runtimes if r.kind == Runtime.Kind.PROCESS and r.pid]
+        return cls(
+            tmux=tmux_probe.snapshot(sockets, tmux_bin=config["TMUX_BIN"], timeout=config["TMUX_TIMEOUT"]),
+            processes=process_probe.probe(identities),
+        )
+
+    def observe(self, runtime):
+        if runtime.kind == Runtime.Kind.TMUX:
+            socket = self.tmux[runtime.tmux_socket]
+            if socket.error:
+                return liveness.Observation(tmux_error=socket.error)
+            return liveness.Observation(pane=socket.find(runtime.tmux_target))
+        if runtime.kind == Runtime.Kind.PROCESS and runtime.pid:
+            return liveness.Observation(process=self.processes[(runtime.pid, runtime.pid_create_time)])
+        return liveness.Observation()
+
+
+def transition_for(runtime, observation, now, policy, source=LivenessEvent.Source.RECONCILER):
+    """The transition this observation calls for, or None when the class stays."""
+    result = liveness.classify(facts_of(runtime), observation, now, policy)
+    observed = observation.as_dict()
+    if result.runtime_class == RuntimeClass.EXITED:
+        return harvest.exit_transition(runtime, source, result.exit_code, result.exit_signal, result.message, observed)
+    if result.runtime_class == runtime.runtime_class:
+        return None
+    if result.runtime_class in (RuntimeClass.TMUX_MISSING, RuntimeClass.NO_WORKER_EXPECTED) and runtime.output_path:
+        # The session is gone, but the log may show the run finished by itself before it went.
+        if harvest.has_final_result(harvest.outcome_of(runtime)):
+            return harvest.exit_transition(runtime, source, pane_message=result.message, observed=observed)
+    return ledger.Transition(runtime, result.runtime_class, result.reason, result.message, source, observed)
+
+
+def load_active(host):
+    """This host's unsettled runtimes with their tickets: one query."""
+    return list(Runtime.objects.active().on_host(host).select_related("ticket").only(*LOAD_FIELDS))
+
+
+def silent_host_transitions(host, now):
+    """Watched runtimes of other hosts whose reconciler has stopped reporting turn unknown."""
+    cutoff = now - timedelta(seconds=settings.CONTROLROOM["HOST_SILENT_AFTER"])
+    silent = dict(
+        ReconcilerHeartbeat.objects.exclude(host=host).filter(finished_at__lt=cutoff).values_list("host", "finished_at")
+    )
+    if not silent:
+        return [], []
+    rows = (
+        Runtime.objects.filter(host__in=silent, runtime_class__in=WATCHED_CLASSES)
+        .exclude(kind=Runtime.Kind.WEBSOCKET)
+        .select_related("ticket")
+        .only(*LOAD_FIELDS)
+    )
+    transitions = []
+    for runtime in rows:
+        message = f"host {runtime.host} has not reconciled since {silent[runtime.host]:%Y-%m-%d %H:%M:%S}Z"
+        observation = liveness.Observation(host_silent=message)
+        transitions.append(transition_for(runtime, observation, now, policy_from_settings()))
+    return [t for t in transitions if t], sorted(silent)
+
+
+def reconcile(host=None, now=None):
+    """Run one pass for `host` (default: this host) and return its summary."""
+    host = host or settings.CONTROLROOM_HOST
+    now = now or timezone.now()
+    started = time.monotonic()
+    policy = policy_from_settings()
+    summary = PassSummary(host=host)
+
+    runtimes = load_active(host)
+    snapshot = Snapshot.gather(runtimes)
+    summary.runtimes = len(runtimes)
+    summary.tmux_sockets = len(snapshot.tmux)
+
+    transitions, seen_alive = [], []
+    for runtime in runtimes:
+        try:
+            transition = transition_for(runtime, snapshot.observe(runtime), now, policy)
+        except Exception as error:  # one malformed runtime never stops the pass
+            logger.exception("cannot classify runtime %s", runtime.pk)
+            summary.errors += 1
+            summary.error_messages.append(f"{runtime.handle}: {type(error).__name__}: {error}"[:300])
+            continue
+        if transition:
+            transitions.append(transition)
+        if (transition.to_class if transition else runtime.runtime_class) in LIVE_CLASSES:
+            seen_alive.append(runtime.pk)
+
+    silent, summary.silent_hosts = silent_host_transitions(host, now)
+    written = ledger.apply(transitions + silent, now, host)
+    summary.transitions = len(written)
+    if seen_alive:
+        Runtime.objects.filter(pk__in=seen_alive).update(last_seen_at=now)
+
+    summary.counts = dict(
+        Runtime.objects.active().on_host(host).values_list("runtime_class").annotate(n=Count("pk")).order_by()
+    )
+    summary.duration_ms = int((time.monotonic() - started) * 1000)
+    ReconcilerHeartbeat.objects.update_or_create(
+        host=host,
+        defaults={
+            "finished_at": timezone.now(),
+            "duration_ms": summary.duration_ms,
+            "runtimes_seen": summary.runtimes,
+            "transitions": summary.transitions,
+            "errors": summary.errors,
+            "counts": summary.counts,
+        },
+    )
+    return summary

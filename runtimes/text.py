@@ -1,0 +1,51 @@
+"""Make worker output safe to store: secrets redacted, length bounded. Pure."""
+
+import re
+
+REDACTED = "[REDACTED]"
+
+_SECRET_PATTERNS = [
+    # Provider API keys: sk-…, sk-ant-…, sk-proj-…
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{12,}"),
+    # Authorization headers and bearer tokens.
+    re.compile(r"(?i)\b(bearer|token)\s+[A-Za-z0-9._~+/=\-]{12,}"),
+    # JSON web tokens (the ChatGPT sign-in's id/access tokens are JWTs).
+    re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]+)?"),
+    # GitHub, Slack and AWS credentials.
+    re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16})\b"),
+]
+# "access_token": "…", OPENAI_API_KEY=…, refresh_token: … (the Codex auth file's fields).
+_SECRET_FIELDS = re.compile(
+    r"""(?ix)
+    (["']?(?:access_token|refresh_token|id_token|api[_-]?key|openai_api_key|anthropic_api_key|
+       personal_access_token|secret|password|authorization)["']?\s*[:=]\s*)
+    (["']?)[^"'\s,}]{4,}\2
+    """
+)
+
+
+def redact(text):
+    text = _SECRET_FIELDS.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+def safe_text(value, limit=2000):
+    """Text fit for the ledger, a banner or a log: str, no NULs, secrets redacted, bounded."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    text = redact(str(value).replace("\x00", ""))
+    if len(text) > limit:
+        text = text[: max(limit - 1, 0)] + "…"
+    return text
+
+
+def quote_tail(value, limit=200):
+    """A short quotation of what was seen, for messages about unreadable output."""
+    text = safe_text(value, limit=100_000)
+    if len(text) > limit:
+        text = "…" + text[-(limit - 1) :]
+    return repr(text)

@@ -1,0 +1,148 @@
+from django import forms
+from django.contrib import admin
+from django.db.models import Count, Q
+from django.utils import timezone
+from django.utils.html import format_html
+
+from runtimes.models import LIVE_CLASSES, Runtime
+from tickets.models import Ticket, Verdict, user_may_close_as_validator
+
+VALIDATOR_REFUSAL = "Only validators may record a validator verdict that closes a ticket."
+
+
+def banner(text):
+    return format_html(
+        '<div class="cr-banner" style="background:#fff5f5;border-left:4px solid #c53030;padding:4px 8px;'
+        'color:#742a2a">{}</div>',
+        text,
+    )
+
+
+class VerdictForm(forms.ModelForm):
+    """Refuses a closing validator verdict from anyone who is not a validator."""
+
+    user = None
+
+    class Meta:
+        model = Verdict
+        fields = ("gate", "outcome", "summary", "author", "commit_sha", "runtime")
+
+    def clean(self):
+        cleaned = super().clean()
+        closes = cleaned.get("gate") == Verdict.Gate.VALIDATOR and cleaned.get("outcome") in Verdict.CLOSING_OUTCOMES
+        if closes and not self.instance.pk and not user_may_close_as_validator(self.user):
+            raise forms.ValidationError(VALIDATOR_REFUSAL)
+        return cleaned
+
+
+class VerdictInline(admin.TabularInline):
+    model = Verdict
+    form = VerdictForm
+    fields = ("created_at", "gate", "outcome", "summary", "author", "commit_sha", "runtime")
+    readonly_fields = ("created_at",)
+    raw_id_fields = ("runtime",)
+    extra = 0
+    ordering = ("-created_at", "-pk")
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.form = type("VerdictFormForUser", (formset.form,), {"user": request.user})
+        return formset
+
+    def has_change_permission(self, request, obj=None):
+        return False  # verdicts are records: add new ones, never rewrite old ones
+
+
+class RuntimeInline(admin.TabularInline):
+    model = Runtime
+    fields = ("handle", "kind", "runtime_class", "exit_outcome", "host", "started_at", "class_message")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("-started_at", "-pk")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Ticket)
+class TicketAdmin(admin.ModelAdmin):
+    list_display = ("key", "title", "state", "kind", "owner", "banner_column", "live_runtimes", "attention_runtimes")
+    list_filter = ("state", "kind", "priority")
+    search_fields = ("key", "title", "owner")
+    readonly_fields = ("banner_display", "closed_at", "closed_by", "created_at", "updated_at")
+    raw_id_fields = ("parent",)
+    inlines = (VerdictInline, RuntimeInline)
+    show_full_result_count = False
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "banner_display",
+                    "key",
+                    "title",
+                    "description",
+                    "state",
+                    "kind",
+                    "priority",
+                    "owner",
+                    "parent",
+                )
+            },
+        ),
+        ("Status", {"fields": ("failure_reason", "note", "closed_at", "closed_by", "created_at", "updated_at")}),
+    )
+
+    def get_queryset(self, request):
+        now = timezone.now()
+        attention = Runtime.needs_attention_q(now, runtime_prefix="runtimes__", ticket_prefix="")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                live_count=Count("runtimes", filter=Q(runtimes__runtime_class__in=LIVE_CLASSES)),
+                attention_count=Count("runtimes", filter=attention),
+            )
+        )
+
+    @admin.display(description="failure banner")
+    def banner_column(self, ticket):
+        return banner(ticket.failure_reason) if ticket.failure_reason else ""
+
+    @admin.display(description="failure banner")
+    def banner_display(self, ticket):
+        return banner(ticket.failure_reason) if ticket.failure_reason else "—"
+
+    @admin.display(description="live", ordering="live_count")
+    def live_runtimes(self, ticket):
+        return ticket.live_count
+
+    @admin.display(description="need attention", ordering="attention_count")
+    def attention_runtimes(self, ticket):
+        if ticket.attention_count:
+            return format_html('<strong style="color:#c53030">{}</strong>', ticket.attention_count)
+        return 0
+
+
+@admin.register(Verdict)
+class VerdictAdmin(admin.ModelAdmin):
+    form = VerdictForm
+    list_display = ("created_at", "ticket", "gate", "outcome", "author", "runtime")
+    list_filter = ("gate", "outcome")
+    list_select_related = ("ticket", "runtime")
+    search_fields = ("ticket__key", "summary", "author")
+    raw_id_fields = ("ticket", "runtime")
+    show_full_result_count = False
+
+    def get_fields(self, request, obj=None):
+        return ("ticket", *VerdictForm.Meta.fields)
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, fields=self.get_fields(request, obj), **kwargs)
+        return type("VerdictFormForUser", (form,), {"user": request.user})
+
+    def has_change_permission(self, request, obj=None):
+        return False if obj is not None else super().has_change_permission(request, obj)

@@ -1,0 +1,196 @@
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+TICKET_KEY_PATTERN = r"^[A-Z][A-Z0-9]{1,9}-[1-9][0-9]{0,7}$"
+validate_ticket_key = RegexValidator(
+    TICKET_KEY_PATTERN,
+    "A ticket key is a project code in capitals, a dash and a number, like MC-4502.",
+)
+
+
+class TicketQuerySet(models.QuerySet):
+    def expecting_worker(self):
+        """Tickets on which a worker should be running right now."""
+        return self.filter(Ticket.expects_worker_q())
+
+    def open(self):
+        return self.exclude(state__in=Ticket.CLOSED_STATES)
+
+
+class Ticket(models.Model):
+    class State(models.TextChoices):
+        BACKLOG = "backlog", "Backlog"
+        IN_PROGRESS = "in_progress", "In progress"
+        WAITING = "waiting", "Waiting"
+        REVIEW = "review", "Review"
+        DONE = "done", "Done"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Kind(models.TextChoices):
+        TASK = "task", "Task"
+        UMBRELLA = "umbrella", "Umbrella"
+        INTERACTIVE = "interactive", "Interactive"
+
+    class Priority(models.IntegerChoices):
+        URGENT = 1, "Urgent"
+        HIGH = 2, "High"
+        NORMAL = 3, "Normal"
+        LOW = 4, "Low"
+
+    WORKING_STATES = (State.IN_PROGRESS, State.REVIEW)
+    CLOSED_STATES = (State.DONE, State.CANCELLED)
+
+    key = models.CharField(max_length=20, unique=True, validators=[validate_ticket_key])
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    state = models.CharField(max_length=16, choices=State, default=State.BACKLOG)
+    kind = models.CharField(max_length=16, choices=Kind, default=Kind.TASK)
+    priority = models.PositiveSmallIntegerField(choices=Priority, default=Priority.NORMAL)
+    owner = models.CharField(max_length=100, blank=True, help_text="Who is responsible for the ticket.")
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+        limit_choices_to={"kind": Kind.UMBRELLA},
+        help_text="The umbrella ticket this one belongs to.",
+    )
+    failure_reason = models.TextField(
+        blank=True,
+        help_text="The operator-facing failure banner; blank when nobody needs to act.",
+    )
+    note = models.TextField(blank=True, help_text="The controller's latest note on the ticket's work.")
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_by = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = TicketQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-updated_at",)
+        constraints = [
+            models.CheckConstraint(
+                name="ticket_key_format",
+                condition=Q(key__regex=TICKET_KEY_PATTERN),
+                violation_error_message="A ticket key looks like MC-4502.",
+            ),
+            models.CheckConstraint(
+                name="ticket_closed_has_closed_at",
+                condition=~Q(state__in=("done", "cancelled")) | Q(closed_at__isnull=False),
+                violation_error_message="A done or cancelled ticket needs a closing time.",
+            ),
+            models.CheckConstraint(
+                name="ticket_not_its_own_parent",
+                condition=~Q(parent=models.F("pk")),
+            ),
+        ]
+        indexes = [
+            # The changelist's "tickets with a failure banner" view.
+            models.Index(fields=["state"], name="ticket_banner_idx", condition=~Q(failure_reason="")),
+        ]
+
+    def __str__(self):
+        return self.key
+
+    @staticmethod
+    def expects_worker_q(prefix=""):
+        """The condition "a worker should be running": in progress or in review, not an umbrella."""
+        return Q(**{f"{prefix}state__in": Ticket.WORKING_STATES}) & ~Q(**{f"{prefix}kind": Ticket.Kind.UMBRELLA})
+
+    @property
+    def expects_worker(self):
+        return self.state in self.WORKING_STATES and self.kind != self.Kind.UMBRELLA
+
+    @property
+    def is_closed(self):
+        return self.state in self.CLOSED_STATES
+
+    def save(self, *args, **kwargs):
+        self.updated_at = timezone.now()
+        if "update_fields" in kwargs and kwargs["update_fields"] is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "updated_at"}
+        super().save(*args, **kwargs)
+
+    def close(self, by, now=None):
+        """Close the ticket as done and clear its failure banner (saves)."""
+        self.state = self.State.DONE
+        self.closed_at = now or timezone.now()
+        self.closed_by = by
+        self.failure_reason = ""
+        self.save(update_fields=["state", "closed_at", "closed_by", "failure_reason"])
+
+    def clear_banner(self):
+        """Clear the failure banner if one is set (saves only when it changes)."""
+        if self.failure_reason:
+            self.failure_reason = ""
+            self.save(update_fields=["failure_reason"])
+
+
+class Verdict(models.Model):
+    class Gate(models.TextChoices):
+        CODER = "coder", "Coder"
+        REVIEWER = "reviewer", "Reviewer"
+        VALIDATOR = "validator", "Validator"
+        QA = "qa", "QA"
+        CONTROLLER = "controller", "Controller"
+
+    class Outcome(models.TextChoices):
+        DONE = "done", "Done"
+        REVIEW = "review", "Review"
+        QUESTION = "question", "Question"
+        APPROVED = "approved", "Approved"
+        CHANGES_REQUESTED = "changes_requested", "Changes requested"
+        PARTIAL = "partial", "Partial"
+        FAILED = "failed", "Failed"
+
+    # A validator verdict with one of these outcomes closes its ticket.
+    CLOSING_OUTCOMES = (Outcome.APPROVED, Outcome.DONE)
+
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="verdicts")
+    runtime = models.ForeignKey(
+        "runtimes.Runtime",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="verdicts",
+        help_text="The worker run that produced this verdict, if any.",
+    )
+    gate = models.CharField(max_length=16, choices=Gate)
+    outcome = models.CharField(max_length=20, choices=Outcome)
+    summary = models.TextField(blank=True)
+    author = models.CharField(max_length=100, blank=True)
+    commit_sha = models.CharField(
+        max_length=40,
+        blank=True,
+        validators=[RegexValidator(r"^[0-9a-f]{7,40}$", "A commit SHA is 7 to 40 lowercase hex digits.")],
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("-created_at", "-pk")
+        constraints = [
+            # One verdict per run: harvesting the same runtime twice records nothing new.
+            models.UniqueConstraint(
+                fields=["runtime"], name="verdict_one_per_runtime", condition=Q(runtime__isnull=False)
+            ),
+        ]
+        indexes = [
+            # The ticket page's verdict inline: this ticket's verdicts, newest first.
+            models.Index(fields=["ticket", "-created_at"], name="verdict_ticket_recent_idx"),
+        ]
+        permissions = [("close_as_validator", "Can record validator verdicts that close tickets")]
+
+    def __str__(self):
+        return f"{self.gate}:{self.outcome} #{self.pk}"
+
+    @property
+    def closes_ticket(self):
+        return self.gate == self.Gate.VALIDATOR and self.outcome in self.CLOSING_OUTCOMES
+
+
+def user_may_close_as_validator(user):
+    return bool(user and user.is_active and user.has_perm("tickets.close_as_validator"))
