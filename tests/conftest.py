@@ -59,11 +59,13 @@ def tmux(tmux_socket):
 
 
 def start_session(server, name, *argv, remain_on_exit=True):
-    """Start a detached session running argv (no shell), with remain-on-exit, return its pane pid."""
-    cmd = ["new-session", "-d", "-s", name, "-x", "80", "-y", "24"]
-    server.cmd(*cmd, *(["--", *argv] if argv else []))
+    """Start a detached session running argv (no shell) and return its pane pid. The session
+    starts idle, gets remain-on-exit, then respawns into argv, so even an instant exit is kept."""
+    server.cmd("new-session", "-d", "-s", name, "-x", "80", "-y", "24", "sleep", "3600")
     if remain_on_exit:
         server.cmd("set-option", "-t", name, "-w", "remain-on-exit", "on")
+    if argv:
+        server.cmd("respawn-pane", "-k", "-t", name, "--", *argv)
     pid = server.cmd("display-message", "-p", "-t", name, "#{pane_pid}").stdout[0]
     return int(pid)
 

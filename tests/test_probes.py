@@ -1,0 +1,81 @@
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+
+from runtimes.liveness import ALIVE, GONE, REUSED, ZOMBIE
+from runtimes.probes import processes
+from runtimes.probes import tmux as tmux_probe
+from tests.conftest import start_session, wait_for
+
+
+def test_list_panes_reads_live_and_dead_panes_in_one_call(tmux, tmux_socket):
+    live_pid = start_session(tmux, "live", "sleep", "60")
+    start_session(tmux, "exits", "sh", "-c", "exit 3")
+    start_session(tmux, "killed", "sh", "-c", "kill -TERM $$")
+    assert wait_for(lambda: dead_panes(tmux_socket) == 2)
+
+    snapshot = tmux_probe.list_panes(tmux_socket)
+    assert snapshot.error is None
+    assert snapshot.find("live").pid == live_pid and not snapshot.find("live").dead
+    assert (snapshot.find("exits").dead, snapshot.find("exits").dead_status, snapshot.find("exits").dead_signal) == (
+        True,
+        3,
+        None,
+    )
+    assert (snapshot.find("killed").dead_status, snapshot.find("killed").dead_signal) == (None, 15)
+    assert snapshot.find("live:0.0") == snapshot.find("live")
+    assert snapshot.find(snapshot.find("live").pane_id) == snapshot.find("live")
+    assert snapshot.find("nope") is None
+
+
+def dead_panes(socket):
+    panes = {p.pane_id: p for p in tmux_probe.list_panes(socket).by_target.values()}
+    return sum(1 for pane in panes.values() if pane.dead)
+
+
+def test_no_server_means_no_panes_not_an_error(tmux_socket):
+    snapshot = tmux_probe.list_panes(tmux_socket)
+    assert snapshot.error is None and snapshot.pane_count == 0
+
+
+def test_missing_tmux_binary_makes_the_socket_unobservable(tmux_socket):
+    snapshot = tmux_probe.list_panes(tmux_socket, tmux_bin="/nonexistent/tmux")
+    assert "tmux binary not found" in snapshot.error
+
+
+def test_a_hanging_tmux_is_bounded_by_the_timeout(tmp_path, tmux_socket):
+    hanging = tmp_path / "tmux"
+    hanging.write_text("#!/bin/sh\nsleep 30\n")
+    hanging.chmod(0o755)
+    snapshot = tmux_probe.list_panes(tmux_socket, tmux_bin=str(hanging), timeout=0.5)
+    assert "timed out after 0.5s" in snapshot.error
+
+
+def test_a_socket_we_may_not_open_is_unobservable(tmp_path):
+    # A socket path inside a directory we cannot enter: tmux answers with a permission error
+    # (root can enter anything, so use a path whose parent is a regular file instead).
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    snapshot = tmux_probe.list_panes(str(not_a_dir / "socket"))
+    assert snapshot.error and "Not a directory" in snapshot.error
+
+
+def test_process_probe_tells_alive_gone_zombie_and_reused(sleeper):
+    alive = sleeper()
+    created = processes.create_time_of(alive.pid)
+    assert processes.probe_one(alive.pid, created).state == ALIVE
+    assert processes.probe_one(alive.pid, created - 3600).state == REUSED
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert wait_for(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE)
+    assert processes.probe_one(zombie.pid, processes.create_time_of(zombie.pid)).state == ZOMBIE
+    zombie.wait()
+
+    gone = sleeper()
+    gone_created = processes.create_time_of(gone.pid)
+    os.kill(gone.pid, signal.SIGKILL)
+    gone.wait()
+    assert processes.probe_one(gone.pid, gone_created).state == GONE
