@@ -198,6 +198,9 @@ Q_CLUSTER = {
     "save_limit": 500,
     "label": "Background tasks",
     "poll": 1,
+    # django-q2 runs its scheduler once per ~30 s of guard cycles; a cycle of 30 s or more makes
+    # the first scheduling happen at start-up (the integration tests use that).
+    "guard_cycle": env_number("Q_GUARD_CYCLE", 0.5, float, 0.1),
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL

@@ -214,6 +214,9 @@ def _classify_tmux(facts, obs, now, policy):
         return _gone(facts, now, policy, TMUX_MISSING, "session-missing", "tmux session or pane not found")
     if not pane.dead:
         return Classification(TMUX_LIVE, "pane-alive", f"pane {pane.pane_id} pid {pane.pid} running")
+    if pane.dead_status is None and pane.dead_signal is None:
+        # tmux sees the pty close a moment before it reaps the exit status: settle next pass.
+        return Classification(facts.runtime_class, "", f"pane {pane.pane_id} dead, exit status not yet reported")
     if pane.dead_signal is not None:
         return Classification(
             EXITED,

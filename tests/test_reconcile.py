@@ -43,7 +43,9 @@ def refreshed(runtime):
 
 
 def pane_is_dead(server, session):
-    return server.cmd("display-message", "-p", "-t", session, "#{pane_dead}").stdout == ["1"]
+    """Dead, with its exit status or signal reported."""
+    out = server.cmd("display-message", "-p", "-t", session, "#{pane_dead}:#{pane_dead_status}#{pane_dead_signal}")
+    return out.stdout[0].startswith("1:") and len(out.stdout[0]) > 2
 
 
 def test_live_pane_is_tmux_live(tmux, tmux_socket):
@@ -199,14 +201,31 @@ def test_one_event_per_transition_and_none_on_an_unchanged_pass(tmux, tmux_socke
     assert second.transitions == 0 and LivenessEvent.objects.count() == 2
 
 
-def test_one_malformed_runtime_never_stops_the_pass(tmux, tmux_socket, sleeper):
+def test_an_impossible_pid_is_simply_a_dead_process():
+    odd = make_runtime(kind="process", pid=2**31 - 1, runtime_class=RuntimeClass.PROCESS_LIVE)
+    summary = reconcile()
+    assert (refreshed(odd).runtime_class, summary.errors) == ("process-dead", 0)
+
+
+def test_one_runtime_that_cannot_be_classified_never_stops_the_pass(tmux, tmux_socket, monkeypatch):
+    from runtimes import liveness
+
     start_session(tmux, "cr-good", "sleep", "60")
     good = tmux_runtime(tmux_socket, "cr-good", runtime_class=RuntimeClass.PENDING)
-    bad = make_runtime(kind="process", pid=2**31 + 5, runtime_class=RuntimeClass.PROCESS_LIVE)
+    bad = make_runtime(kind="websocket", handle="ws:broken", last_activity_at=timezone.now())
+    real_classify = liveness.classify
+
+    def classify(facts, *args):
+        if facts.kind == "websocket":
+            raise ValueError("corrupt row")
+        return real_classify(facts, *args)
+
+    monkeypatch.setattr(liveness, "classify", classify)
     summary = reconcile()
     assert refreshed(good).runtime_class == "tmux-live"
-    assert refreshed(bad).runtime_class == "process-dead"  # an impossible pid is simply not running
-    assert summary.errors == 0
+    assert refreshed(bad).runtime_class == "pending"
+    assert summary.errors == 1 and "ws:broken: ValueError: corrupt row" in summary.error_messages[0]
+    assert ReconcilerHeartbeat.objects.get(host="test-host").errors == 1
 
 
 def test_class_and_ledger_agree_for_every_transition(tmux, tmux_socket, sleeper):

@@ -1,0 +1,53 @@
+"""Run real `manage.py` processes (qcluster, migrate) against a database of their own."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def environment(database_url, host, **extra):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "controlroom.settings_test", "DATABASE_URL": database_url}
+    env.update({"CONTROLROOM_HOST": host, "Q_GUARD_CYCLE": "30", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def manage(env, *args, check=True):
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=check, capture_output=True, text=True
+    )
+
+
+class Cluster:
+    """A real `manage.py qcluster` process; stop() sends SIGTERM and waits for it."""
+
+    def __init__(self, env, log_path):
+        self.log = open(log_path, "w")  # noqa: SIM115  (closed in stop)
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def stop(self, timeout=30):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+def wait_until(predicate, timeout, interval=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
