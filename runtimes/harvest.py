@@ -2,8 +2,9 @@
 
 import os
 
-from runtimes import outcomes
+from runtimes import observe, outcomes
 from runtimes.ledger import Transition
+from runtimes.ledger import apply as apply_transitions
 from runtimes.models import ExitOutcome, Provider, RuntimeClass
 
 # The result line is at the end of the log; a huge log is read from its tail.
@@ -60,3 +61,35 @@ def exit_transition(runtime, source, exit_code=None, exit_signal=None, pane_mess
         verdict=outcome.verdict,
         verdict_summary=outcome.final_text,
     )
+
+
+class HarvestError(Exception):
+    """The runtime cannot be harvested now; the message says why."""
+
+
+def harvest(runtime, now, host):
+    """Harvest a finished runtime: classify its output and record the exit (source `harvest`).
+
+    Returns the transition written, or None when it was already harvested (harvesting twice
+    changes nothing). Refuses a worker that is still running.
+    """
+    if runtime.runtime_class == RuntimeClass.EXITED:
+        return None
+    if runtime.runtime_class in (RuntimeClass.KILLED_BY_CONTROLLER, RuntimeClass.COMPLETED_BY_CONTROLLER):
+        raise HarvestError(f"{runtime.handle} is already settled as {runtime.runtime_class}.")
+    snapshot = observe.Snapshot.gather([runtime])
+    observation = snapshot.observe(runtime)
+    exit_code = exit_signal = None
+    pane_message = ""
+    if observation.tmux_error:
+        raise HarvestError(f"Cannot see {runtime.handle}'s tmux pane: {observation.tmux_error}")
+    if observation.pane and not observation.pane.dead:
+        raise HarvestError(f"{runtime.handle} is still running; stop it first (stop_worker) or wait for it to end.")
+    if observation.process and observation.process.state == "alive":
+        raise HarvestError(f"{runtime.handle} (pid {runtime.pid}) is still running.")
+    if observation.pane:
+        exit_code, exit_signal = observation.pane.dead_status, observation.pane.dead_signal
+        pane_message = f"pane {observation.pane.pane_id} ended"
+    transition = exit_transition(runtime, "harvest", exit_code, exit_signal, pane_message, observation.as_dict())
+    written = apply_transitions([transition], now, host)
+    return written[0] if written else None

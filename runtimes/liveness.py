@@ -98,6 +98,9 @@ class Observation:
     tmux_error: str | None = None
     process: ProcessFacts | None = None
     host_silent: str | None = None  # a message when the runtime's host reconciler has gone quiet
+    # For a dead pane tmux gave no status for: (exit_code, exit_signal) from the launch wrapper's
+    # record, or (None, None) when the pane's process is certainly gone but its status is lost.
+    exit_record: tuple | None = None
 
     def as_dict(self):
         facts = {}
@@ -109,6 +112,8 @@ class Observation:
             facts["process"] = self.process.as_dict()
         if self.host_silent:
             facts["host_silent"] = self.host_silent
+        if self.exit_record:
+            facts["exit_record"] = list(self.exit_record)
         return facts
 
 
@@ -214,19 +219,18 @@ def _classify_tmux(facts, obs, now, policy):
         return _gone(facts, now, policy, TMUX_MISSING, "session-missing", "tmux session or pane not found")
     if not pane.dead:
         return Classification(TMUX_LIVE, "pane-alive", f"pane {pane.pane_id} pid {pane.pid} running")
-    if pane.dead_status is None and pane.dead_signal is None:
-        # tmux sees the pty close a moment before it reaps the exit status: settle next pass.
-        return Classification(facts.runtime_class, "", f"pane {pane.pane_id} dead, exit status not yet reported")
-    if pane.dead_signal is not None:
+    status, signal = pane.dead_status, pane.dead_signal
+    if status is None and signal is None:
+        if obs.exit_record is None:
+            # tmux sees the pty close a moment before it reaps the exit status: settle next pass.
+            return Classification(facts.runtime_class, "", f"pane {pane.pane_id} dead, exit status not yet reported")
+        status, signal = obs.exit_record
+    if signal is not None:
         return Classification(
-            EXITED,
-            "pane-dead-signal",
-            f"pane {pane.pane_id} killed by signal {pane.dead_signal}",
-            exit_signal=pane.dead_signal,
+            EXITED, "pane-dead-signal", f"pane {pane.pane_id} killed by signal {signal}", exit_signal=signal
         )
+    if status is None:
+        return Classification(EXITED, "pane-dead-exit", f"pane {pane.pane_id} dead, exit status never reported")
     return Classification(
-        EXITED,
-        "pane-dead-exit",
-        f"pane {pane.pane_id} exited with status {pane.dead_status}",
-        exit_code=pane.dead_status,
+        EXITED, "pane-dead-exit", f"pane {pane.pane_id} exited with status {status}", exit_code=status
     )

@@ -14,10 +14,8 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
-from runtimes import harvest, ledger, liveness
+from runtimes import harvest, ledger, liveness, observe
 from runtimes.models import LIVE_CLASSES, LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
-from runtimes.probes import processes as process_probe
-from runtimes.probes import tmux as tmux_probe
 
 logger = logging.getLogger(__name__)
 
@@ -77,34 +75,6 @@ def facts_of(runtime):
     )
 
 
-@dataclass
-class Snapshot:
-    """Everything one pass observed, gathered before anything is classified."""
-
-    tmux: dict
-    processes: dict
-
-    @classmethod
-    def gather(cls, runtimes):
-        config = settings.CONTROLROOM
-        sockets = {r.tmux_socket for r in runtimes if r.kind == Runtime.Kind.TMUX}
-        identities = [(r.pid, r.pid_create_time) for r in runtimes if r.kind == Runtime.Kind.PROCESS and r.pid]
-        return cls(
-            tmux=tmux_probe.snapshot(sockets, tmux_bin=config["TMUX_BIN"], timeout=config["TMUX_TIMEOUT"]),
-            processes=process_probe.probe(identities),
-        )
-
-    def observe(self, runtime):
-        if runtime.kind == Runtime.Kind.TMUX:
-            socket = self.tmux[runtime.tmux_socket]
-            if socket.error:
-                return liveness.Observation(tmux_error=socket.error)
-            return liveness.Observation(pane=socket.find(runtime.tmux_target))
-        if runtime.kind == Runtime.Kind.PROCESS and runtime.pid:
-            return liveness.Observation(process=self.processes[(runtime.pid, runtime.pid_create_time)])
-        return liveness.Observation()
-
-
 def transition_for(runtime, observation, now, policy, source=LivenessEvent.Source.RECONCILER):
     """The transition this observation calls for, or None when the class stays."""
     result = liveness.classify(facts_of(runtime), observation, now, policy)
@@ -156,7 +126,7 @@ def reconcile(host=None, now=None):
     summary = PassSummary(host=host)
 
     runtimes = load_active(host)
-    snapshot = Snapshot.gather(runtimes)
+    snapshot = observe.Snapshot.gather(runtimes)
     summary.runtimes = len(runtimes)
     summary.tmux_sockets = len(snapshot.tmux)
 

@@ -70,6 +70,13 @@ def start_session(server, name, *argv, remain_on_exit=True):
     return int(pid)
 
 
+def pane_is_dead(server, session, status_reported=True):
+    """Dead and (by default) with its exit status or signal reported by tmux."""
+    out = server.cmd("display-message", "-p", "-t", session, "#{pane_dead}:#{pane_dead_status}#{pane_dead_signal}")
+    dead = bool(out.stdout) and out.stdout[0].startswith("1:")
+    return dead and (len(out.stdout[0]) > 2 or not status_reported)
+
+
 def wait_for(predicate, timeout=10.0, interval=0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ from django.utils import timezone
 from runtimes.models import LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
 from runtimes.probes.processes import create_time_of
 from runtimes.reconcile import reconcile
-from tests.conftest import make_runtime, make_ticket, start_session, wait_for
+from tests.conftest import make_runtime, make_ticket, pane_is_dead, start_session, wait_for
 from tickets.models import Ticket
 
 pytestmark = pytest.mark.django_db
@@ -40,12 +40,6 @@ def process_runtime(process, **fields):
 def refreshed(runtime):
     runtime.refresh_from_db()
     return runtime
-
-
-def pane_is_dead(server, session):
-    """Dead, with its exit status or signal reported."""
-    out = server.cmd("display-message", "-p", "-t", session, "#{pane_dead}:#{pane_dead_status}#{pane_dead_signal}")
-    return out.stdout[0].startswith("1:") and len(out.stdout[0]) > 2
 
 
 def test_live_pane_is_tmux_live(tmux, tmux_socket):

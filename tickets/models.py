@@ -18,6 +18,10 @@ class TicketQuerySet(models.QuerySet):
     def open(self):
         return self.exclude(state__in=Ticket.CLOSED_STATES)
 
+    def stale_banners(self):
+        """Closed tickets still wearing a failure banner."""
+        return self.filter(state__in=Ticket.CLOSED_STATES).exclude(failure_reason="")
+
 
 class Ticket(models.Model):
     class State(models.TextChoices):

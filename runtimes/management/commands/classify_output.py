@@ -1,0 +1,26 @@
+import json
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from runtimes import outcomes
+
+
+class Command(BaseCommand):
+    help = "Classify a Claude Code or Codex output log and print one JSON object."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--provider", required=True, choices=("claude", "codex"))
+        parser.add_argument("file", nargs="?", default="-", help="The output log, or - for standard input.")
+
+    def handle(self, *args, provider, file, **options):
+        if file == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            try:
+                with open(file, "rb") as log:
+                    raw = log.read()
+            except OSError as error:
+                raise CommandError(f"Cannot read {file}: {error.strerror}. Give a readable output log or - for stdin.")
+        outcome = outcomes.classify(provider, raw)
+        self.stdout.write(json.dumps(outcome.as_dict(), ensure_ascii=False, sort_keys=True))

@@ -1,0 +1,56 @@
+"""Gather one observation of a set of runtimes: one tmux call per socket, one identity check per pid."""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from runtimes import liveness
+from runtimes.exec_worker import read_exit_file
+from runtimes.models import Runtime
+from runtimes.probes import processes as process_probe
+from runtimes.probes import tmux as tmux_probe
+
+
+@dataclass
+class Snapshot:
+    """Everything one pass observed, gathered before anything is classified."""
+
+    tmux: dict
+    processes: dict
+
+    @classmethod
+    def gather(cls, runtimes):
+        config = settings.CONTROLROOM
+        sockets = {r.tmux_socket for r in runtimes if r.kind == Runtime.Kind.TMUX}
+        identities = [(r.pid, r.pid_create_time) for r in runtimes if r.kind == Runtime.Kind.PROCESS and r.pid]
+        return cls(
+            tmux=tmux_probe.snapshot(sockets, tmux_bin=config["TMUX_BIN"], timeout=config["TMUX_TIMEOUT"]),
+            processes=process_probe.probe(identities),
+        )
+
+    def observe(self, runtime):
+        if runtime.kind == Runtime.Kind.TMUX:
+            socket = self.tmux[runtime.tmux_socket]
+            if socket.error:
+                return liveness.Observation(tmux_error=socket.error)
+            pane = socket.find(runtime.tmux_target)
+            return liveness.Observation(pane=pane, exit_record=exit_record(runtime, pane))
+        if runtime.kind == Runtime.Kind.PROCESS and runtime.pid:
+            return liveness.Observation(process=self.processes[(runtime.pid, runtime.pid_create_time)])
+        return liveness.Observation()
+
+
+def exit_record(runtime, pane):
+    """How a dead pane's process ended when tmux did not say (tmux 3.3a sometimes misses the
+    SIGCHLD): the launch wrapper's record, else "gone, status unknown" once the pid is certainly
+    dead. None while tmux may still report it, and for panes that are alive or reported."""
+    if pane is None or not pane.dead or pane.dead_status is not None or pane.dead_signal is not None:
+        return None
+    record = read_exit_file(runtime.output_path) if runtime.output_path else None
+    if (
+        record is None
+        and pane.pid
+        and process_probe.probe_one(pane.pid, None).state in (liveness.GONE, liveness.ZOMBIE)
+    ):
+        record = (None, None)
+    return record

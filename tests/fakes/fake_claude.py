@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""A stand-in for `claude` that prints the documented print-mode output shapes.
+
+The behaviour is chosen by the model name (so it works under tmux, whatever the environment):
+  claude-hang           sleeps (smoke timeout)
+  claude-bad-model      API error for an unknown model (success + is_error, terminal_reason api_error)
+  claude-not-logged-in  "Not logged in · Please run /login"
+  claude-max-turns      error_max_turns after some work
+  claude-*-crash        starts streaming, then dies by SIGKILL with no result
+  anything else         success, with the final text from FAKE_RESULT or "DONE — patch written"
+Every call is appended to calls.jsonl beside this file (argv and stdin, exact).
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+args = sys.argv[1:]
+if args == ["--version"]:
+    print("2.1.240 (Claude Code)")
+    sys.exit(0)
+
+stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+with open(Path(__file__).with_name("calls.jsonl"), "a") as calls:
+    calls.write(json.dumps({"argv": sys.argv, "stdin": stdin.decode("utf-8", "surrogateescape")}) + "\n")
+
+model = args[args.index("--model") + 1] if "--model" in args else "default"
+stream = "stream-json" in args
+if stream and "--verbose" not in args:
+    print("Error: When using --print, --output-format=stream-json requires --verbose", file=sys.stderr)
+    sys.exit(1)
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def result(subtype, is_error, text=None, **extra):
+    obj = {
+        "type": "result",
+        "subtype": subtype,
+        "is_error": is_error,
+        "duration_ms": 1200,
+        "duration_api_ms": 900,
+        "num_turns": extra.pop("num_turns", 3),
+        "session_id": "sess-1",
+        "total_cost_usd": 0.0123,
+        "usage": {"input_tokens": 10, "output_tokens": 20},
+        "stop_reason": "end_turn",
+        **extra,
+    }
+    if text is not None:
+        obj["result"] = text
+    emit(obj)
+
+
+if model == "claude-hang":
+    time.sleep(600)
+if stream:
+    emit(
+        {
+            "type": "system",
+            "subtype": "init",
+            "session_id": "sess-1",
+            "model": model,
+            "apiKeySource": "none",
+            "claude_code_version": "2.1.240",
+            "tools": [],
+            "cwd": os.getcwd(),
+        }
+    )
+    emit({"type": "assistant", "message": {"role": "assistant", "content": [{"type": "text", "text": "Working…"}]}})
+if model.endswith("-crash"):
+    os.kill(os.getpid(), signal.SIGKILL)
+if model == "claude-bad-model":
+    result(
+        "success",
+        True,
+        'API Error: 404 {"type":"error","error":{"type":"not_found_error","message":"model: ' + model + '"}}',
+        terminal_reason="api_error",
+        api_error_status=404,
+        num_turns=0,
+    )
+    sys.exit(1)
+if model == "claude-not-logged-in":
+    result("success", True, "Not logged in · Please run /login", terminal_reason="api_error", num_turns=0)
+    sys.exit(1)
+if model == "claude-max-turns":
+    result("error_max_turns", True, errors=["Reached maximum number of turns (2)"], terminal_reason="max_turns")
+    sys.exit(1)
+result("success", False, os.environ.get("FAKE_RESULT", "DONE — patch written"), terminal_reason="completed")
+sys.exit(0)

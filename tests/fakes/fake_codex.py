@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""A stand-in for `codex` that prints the documented `codex exec --json` event shapes.
+
+Sign-in mode: the file `auth_mode` beside this file holds chatgpt (default), apikey or none.
+Models: under ChatGPT sign-in, codex-mini-latest, gpt-5.3-codex and o4-mini are rejected with the
+documented 400 message; gpt-hang sleeps; anything else completes with "DONE — implemented".
+Every call is appended to calls.jsonl beside this file (argv and stdin, exact).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+args = sys.argv[1:]
+if args == ["--version"]:
+    print("codex-cli 0.151.0")
+    sys.exit(0)
+mode_file = HERE / "auth_mode"
+mode = mode_file.read_text().strip() if mode_file.exists() else "chatgpt"
+if args[:2] == ["login", "status"]:
+    if mode == "chatgpt":
+        print("Logged in using ChatGPT", file=sys.stderr)
+    elif mode == "apikey":
+        print("Logged in using an API key - sk-proj-***ABCDE", file=sys.stderr)
+    else:
+        print("Not logged in", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
+if args[:1] != ["exec"]:
+    print(f"error: unexpected argument '{args[0] if args else ''}'", file=sys.stderr)
+    sys.exit(2)
+
+stdin = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+with open(HERE / "calls.jsonl", "a") as calls:
+    calls.write(json.dumps({"argv": sys.argv, "stdin": stdin.decode("utf-8", "surrogateescape")}) + "\n")
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+model = args[args.index("-m") + 1] if "-m" in args else "gpt-5.5"
+if mode == "none":
+    print("Not logged in", file=sys.stderr)
+    sys.exit(1)
+emit({"type": "thread.started", "thread_id": "th-1"})
+emit({"type": "turn.started"})
+if model == "gpt-hang":
+    time.sleep(600)
+if mode == "chatgpt" and model in ("codex-mini-latest", "gpt-5.3-codex", "o4-mini"):
+    message = f"The '{model}' model is not supported when using Codex with a ChatGPT account."
+    body = {"type": "error", "status": 400, "error": {"type": "invalid_request_error", "message": message}}
+    emit({"type": "error", "message": json.dumps(body)})
+    emit({"type": "turn.failed", "error": {"message": json.dumps(body)}})
+    sys.exit(1)
+emit({"type": "item.completed", "item": {"id": "item_0", "type": "agent_message", "text": "DONE — implemented"}})
+emit({"type": "turn.completed", "usage": {"input_tokens": 50, "cached_input_tokens": 0, "output_tokens": 12}})
+sys.exit(0)
