@@ -306,7 +306,9 @@ class WorkerProfile(models.Model):
     max_budget_usd = models.DecimalField(
         max_digits=8, decimal_places=2, null=True, blank=True, help_text="Claude only."
     )
-    effort = models.CharField(max_length=20, blank=True, help_text="Reasoning effort, e.g. high.")
+    effort = models.CharField(
+        max_length=20, blank=True, help_text="Codex reasoning effort (model_reasoning_effort), e.g. high."
+    )
     extra_args = models.JSONField(
         default=list, blank=True, help_text='Extra CLI arguments, as a JSON list: ["--flag", "value"].'
     )

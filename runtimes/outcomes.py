@@ -45,7 +45,7 @@ def _text(raw):
     return raw if isinstance(raw, str) else ""
 
 
-def _json_objects(text):
+def json_objects(text):
     """Each line that is a JSON object, in order (malformed lines are skipped)."""
     for line in text.splitlines():
         line = line.strip()
@@ -73,7 +73,9 @@ def error_reason(text, status=None):
     lowered = text.lower()
     if "not supported when using codex with a chatgpt account" in lowered or "unsupported model" in lowered:
         return "unsupported-model"
-    if "does not appear in the list of models" in lowered or ("model" in lowered and "not found" in lowered):
+    if "does not appear in the list of models" in lowered:
+        return "unsupported-model"
+    if "model" in lowered and (status == 404 or "not found" in lowered or "not_found_error" in lowered):
         return "unsupported-model"
     if status in (401, 403) or any(
         words in lowered
@@ -114,7 +116,7 @@ def classify_claude(raw):
         whole = json.loads(text)
     except ValueError:
         whole = None
-    candidates = [whole] if isinstance(whole, dict) else list(_json_objects(text))
+    candidates = [whole] if isinstance(whole, dict) else list(json_objects(text))
     for obj in candidates:
         if obj.get("type") == "result":
             result = obj
@@ -169,7 +171,7 @@ def classify_codex(raw):
     last_error = ""
     seen_events = False
     usage = None
-    for event in _json_objects(text):
+    for event in json_objects(text):
         kind = event.get("type")
         if not isinstance(kind, str):
             continue

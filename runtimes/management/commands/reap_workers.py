@@ -1,0 +1,29 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from runtimes.controller import reap
+
+
+class Command(BaseCommand):
+    help = "Stop live workers of done/cancelled tickets and Control Room tmux sessions no runtime owns."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--dry-run", action="store_true", help="Only list what would be stopped.")
+        parser.add_argument("--host", default=None, help="Act as this host (default: CONTROLROOM_HOST).")
+        parser.add_argument("--tmux-socket", action="append", default=None, help="Also scan this socket (repeatable).")
+
+    def handle(self, *args, dry_run, host, tmux_socket, **options):
+        sockets = ["", *(tmux_socket or [])]  # the default server, and any named
+        plan = reap(host or settings.CONTROLROOM_HOST, extra_sockets=sockets, dry_run=dry_run)
+        if dry_run:
+            for runtime in plan.runtimes:
+                self.stdout.write(
+                    f"would stop {runtime.handle} (ticket {runtime.ticket.key} is {runtime.ticket.state})"
+                )
+            for socket, session in plan.orphans:
+                self.stdout.write(f"would stop orphan session {session} on {socket or 'default'}")
+            self.stdout.write(f"{len(plan.runtimes) + len(plan.orphans)} worker(s) would be stopped.")
+            return
+        for line in plan.done:
+            self.stdout.write(line)
+        self.stdout.write(f"Stopped {len(plan.done)} worker(s).")

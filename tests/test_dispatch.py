@@ -1,0 +1,280 @@
+import json
+from datetime import timedelta
+
+import psutil
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from runtimes.models import LivenessEvent, ModelSmokeResult, Runtime, WorkerProfile
+from runtimes.reconcile import reconcile
+from tests.conftest import make_runtime, make_ticket, start_session, wait_for
+from tickets.models import Ticket
+
+pytestmark = pytest.mark.django_db
+
+
+def calls(fake_bin):
+    path = fake_bin / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def model_calls(fake_bin):
+    """Calls that ran a model (not --version / login status)."""
+    return [c for c in calls(fake_bin) if "-p" in c["argv"] or "exec" in c["argv"]]
+
+
+def sessions(tmux):
+    done = tmux.cmd("list-sessions", "-F", "#{session_name}")
+    return done.stdout if done.returncode == 0 else []
+
+
+@pytest.fixture
+def launch_args(tmp_path, tmux_socket):
+    def build(ticket, profile, prompt="Fix the login bug."):
+        prompt_file = tmp_path / "prompt.txt"
+        prompt_file.write_bytes(prompt.encode() if isinstance(prompt, str) else prompt)
+        return [ticket.key, "--profile", profile, "--cwd", str(tmp_path), "--prompt-file", str(prompt_file),
+                "--tmux-socket", tmux_socket]  # fmt: skip
+
+    return build
+
+
+def profile(name="codex_default", provider="codex", model="gpt-5.5", **fields):
+    return WorkerProfile.objects.create(name=name, provider=provider, model=model, **fields)
+
+
+def test_codex_mini_is_refused_under_chatgpt_without_calling_the_model(fake_bin, capsys):
+    with pytest.raises(SystemExit) as exited:
+        call_command("smoke_model", "codex", "codex-mini-latest")
+    assert exited.value.code == 1
+    out = capsys.readouterr().out
+    assert "does NOT work (unsupported-model)" in out and "gpt-5.5" in out
+    result = ModelSmokeResult.objects.get()
+    assert (result.ok, result.reason, result.auth_mode, result.cli_version) == (
+        False, "unsupported-model", "chatgpt", "codex-cli 0.151.0"
+    )  # fmt: skip
+    assert model_calls(fake_bin) == []
+
+
+def test_an_api_key_login_may_use_api_only_models(fake_bin, capsys):
+    (fake_bin / "auth_mode").write_text("apikey")
+    call_command("smoke_model", "codex", "codex-mini-latest", "--json")
+    result = json.loads(capsys.readouterr().out)
+    assert (result["ok"], result["reason"], result["auth_mode"]) == (True, "ok", "apikey")
+    assert "sk-proj" not in json.dumps(result)
+
+
+def test_smoke_reports_a_missing_login(fake_bin):
+    (fake_bin / "auth_mode").write_text("none")
+    with pytest.raises(SystemExit):
+        call_command("smoke_model", "codex", "gpt-5.5")
+    assert ModelSmokeResult.objects.get().reason == "auth-missing"
+
+
+def test_smoke_finds_a_model_the_api_rejects(fake_bin):
+    with pytest.raises(SystemExit):
+        call_command("smoke_model", "claude", "claude-bad-model")
+    result = ModelSmokeResult.objects.get()
+    assert (result.ok, result.reason) == (False, "unsupported-model")
+    assert "not_found_error" in result.message
+
+
+def test_smoke_of_a_working_claude_model_exits_zero(fake_bin, capsys):
+    call_command("smoke_model", "claude", "claude-opus-4-7")
+    assert "claude claude-opus-4-7: works" in capsys.readouterr().out
+    argv = model_calls(fake_bin)[0]["argv"]
+    assert argv[argv.index("--model") + 1] == "claude-opus-4-7"
+
+
+def test_smoke_times_out_on_a_hanging_cli(fake_bin, settings):
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "SMOKE_TIMEOUT": 1.0}
+    with pytest.raises(SystemExit):
+        call_command("smoke_model", "claude", "claude-hang")
+    assert ModelSmokeResult.objects.get().reason == "timeout"
+
+
+def test_smoke_says_when_the_cli_is_missing(settings, tmp_path):
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "CODEX_BIN": str(tmp_path / "no-codex")}
+    with pytest.raises(SystemExit):
+        call_command("smoke_model", "codex", "gpt-5.5")
+    result = ModelSmokeResult.objects.get()
+    assert result.reason == "cli-missing" and "CONTROLROOM_CODEX_BIN" in result.message
+
+
+def test_smoke_refuses_an_unknown_provider_before_running_anything(fake_bin):
+    with pytest.raises(CommandError, match="Unknown provider 'gemini'"):
+        call_command("smoke_model", "gemini", "x")
+    assert not ModelSmokeResult.objects.exists() and calls(fake_bin) == []
+
+
+def test_launch_with_an_unsupported_model_stops_before_any_tmux_session(fake_bin, tmux, launch_args):
+    ticket = make_ticket()
+    profile(model="codex-mini-latest")
+    with pytest.raises(CommandError, match="unsupported-model"):
+        call_command("launch_worker", *launch_args(ticket, "codex_default"))
+    assert sessions(tmux) == []
+    assert not Runtime.objects.exists()
+    assert ModelSmokeResult.objects.get().reason == "unsupported-model"
+    assert "launch refused" in Ticket.objects.get(pk=ticket.pk).note
+
+
+def test_launch_aborts_when_the_smoke_test_finds_the_model_unsupported(fake_bin, tmux, launch_args):
+    ticket = make_ticket()
+    profile(name="claude_bad", provider="claude", model="claude-bad-model")
+    with pytest.raises(CommandError, match="Refused to launch claude_bad"):
+        call_command("launch_worker", *launch_args(ticket, "claude_bad"))
+    assert sessions(tmux) == [] and not Runtime.objects.exists()
+
+
+def test_a_passing_launch_creates_one_session_running_the_exact_model(fake_bin, tmux, launch_args):
+    ticket = make_ticket()
+    profile(name="claude_opus", provider="claude", model="claude-opus-4-7", max_turns=30)
+    call_command("launch_worker", *launch_args(ticket, "claude_opus"))
+
+    runtime = Runtime.objects.get()
+    assert sessions(tmux) == [runtime.tmux_target]
+    assert (runtime.runtime_class, runtime.provider, runtime.model, runtime.host) == (
+        "pending", "claude", "claude-opus-4-7", "test-host"
+    )  # fmt: skip
+    assert runtime.pid and runtime.pid_create_time
+    assert list(runtime.events.values_list("source", "to_class")) == [("launch", "pending")]
+    start = tmux.cmd("display-message", "-p", "-t", runtime.tmux_target, "#{pane_start_command}").stdout[0]
+    assert "--model claude-opus-4-7" in start
+    assert wait_for(lambda: len(model_calls(fake_bin)) == 2)  # the smoke test, then the worker
+    worker = model_calls(fake_bin)[-1]["argv"]
+    assert worker[worker.index("--model") + 1] == "claude-opus-4-7"
+    assert worker[worker.index("--max-turns") + 1] == "30"
+    assert "stream-json" in worker and "--verbose" in worker
+
+    assert wait_for(lambda: (reconcile(), Runtime.objects.get().runtime_class == "exited")[1])
+    runtime.refresh_from_db()
+    assert (runtime.exit_outcome, runtime.exit_code) == ("completed", 0)
+
+
+def test_a_recent_passing_smoke_result_is_reused(fake_bin, tmux, launch_args):
+    ticket = make_ticket()
+    profile(name="codex_default")
+    ModelSmokeResult.objects.create(provider="codex", model="gpt-5.5", ok=True, reason="ok", host="test-host")
+    call_command("launch_worker", *launch_args(ticket, "codex_default"))
+    assert ModelSmokeResult.objects.count() == 1
+    assert not [c for c in calls(fake_bin) if c["argv"][1:3] == ["login", "status"]]
+
+
+def test_an_old_smoke_result_is_not_reused(fake_bin, tmux, launch_args):
+    ticket = make_ticket()
+    profile(name="codex_default")
+    old = timezone.now() - timedelta(days=2)
+    ModelSmokeResult.objects.create(
+        provider="codex", model="gpt-5.5", ok=True, reason="ok", host="test-host", checked_at=old
+    )
+    call_command("launch_worker", *launch_args(ticket, "codex_default"))
+    assert ModelSmokeResult.objects.count() == 2
+
+
+def test_the_prompt_reaches_the_cli_byte_for_byte_and_runs_nothing(fake_bin, tmux, launch_args, tmp_path):
+    marker = tmp_path / "pwned"
+    prompt = f"Fix it $(touch {marker}) `touch {marker}` ; touch {marker}\n'quotes' \"double\" \\back\nline 3 ✓\n"
+    ticket = make_ticket()
+    profile(name="codex_default")
+    call_command("launch_worker", *launch_args(ticket, "codex_default", prompt))
+    assert wait_for(lambda: len(model_calls(fake_bin)) == 2)
+    assert model_calls(fake_bin)[-1]["stdin"] == prompt
+    assert not marker.exists()
+
+
+def test_bad_launch_input_is_a_clear_error_and_writes_nothing(fake_bin, tmux, launch_args, tmp_path):
+    ticket = make_ticket()
+    profile(name="codex_default")
+    cases = [
+        (["MC-999999", "--profile", "codex_default"], "No ticket 'MC-999999'"),
+        ([ticket.key, "--profile", "nope"], "No worker profile 'nope'"),
+    ]
+    good = launch_args(ticket, "codex_default")
+    for head, message in cases:
+        with pytest.raises(CommandError, match=message):
+            call_command("launch_worker", *head, *good[3:])
+    with pytest.raises(CommandError, match="is not a directory"):
+        call_command("launch_worker", *good[:3], "--cwd", str(tmp_path / "missing"), *good[5:])
+    with pytest.raises(CommandError, match="Cannot read --prompt-file"):
+        call_command("launch_worker", *good[:5], "--prompt-file", str(tmp_path / "none.txt"), *good[7:])
+    closed = make_ticket(state="done")
+    with pytest.raises(CommandError, match="reopen it"):
+        call_command("launch_worker", *launch_args(closed, "codex_default"))
+    assert not Runtime.objects.exists() and sessions(tmux) == [] and calls(fake_bin) == []
+
+
+def test_stop_worker_kills_the_session_and_records_a_controller_kill(tmux, tmux_socket, capsys):
+    pid = start_session(tmux, "cr-mc-1-aa", "sleep", "60")
+    ticket = make_ticket(failure_reason="")
+    runtime = make_runtime(ticket=ticket, tmux_socket=tmux_socket, tmux_target="cr-mc-1-aa", pid=pid,
+                           runtime_class="tmux-live")  # fmt: skip
+    call_command("stop_worker", runtime.handle, "--by", "maria")
+    runtime.refresh_from_db()
+    assert (runtime.runtime_class, runtime.controller_action) == ("killed-by-controller", "kill")
+    assert "stopped by maria" in runtime.class_message
+    assert "cr-mc-1-aa" not in sessions(tmux)
+    assert Ticket.objects.get(pk=ticket.pk).failure_reason == ""
+    event = runtime.events.get()
+    assert (event.source, event.reason) == ("controller", "controller-kill")
+    reconcile()
+    runtime.refresh_from_db()
+    assert runtime.runtime_class == "killed-by-controller"  # a kill never reads as a failure later
+
+
+def test_stop_worker_terminates_a_background_process(sleeper):
+    from runtimes.probes.processes import create_time_of
+
+    process = sleeper()
+    runtime = make_runtime(kind="process", pid=process.pid, pid_create_time=create_time_of(process.pid),
+                           runtime_class="process-live")  # fmt: skip
+    call_command("stop_worker", runtime.handle)
+    # stop_worker waits for (and so reaps) the process; it must be gone, not merely signalled.
+    assert wait_for(lambda: not psutil.pid_exists(process.pid))
+    runtime.refresh_from_db()
+    assert runtime.runtime_class == "killed-by-controller"
+
+
+def test_stop_worker_never_signals_a_reused_pid(sleeper):
+    stranger = sleeper()
+    runtime = make_runtime(kind="process", pid=stranger.pid, pid_create_time=1.0, runtime_class="process-live")
+    call_command("stop_worker", runtime.handle)
+    assert stranger.poll() is None
+    runtime.refresh_from_db()
+    assert "not signalled" in runtime.class_message
+
+
+def test_reap_stops_workers_of_closed_tickets_and_orphan_sessions(tmux, tmux_socket, capsys):
+    start_session(tmux, "cr-mc-2-bb", "sleep", "60")
+    start_session(tmux, "cr-mc-3-cc", "sleep", "60")  # nobody owns it
+    start_session(tmux, "someone-elses", "sleep", "60")  # not Control Room's
+    done = make_ticket(key="MC-2", state="done")
+    make_ticket(key="MC-3")
+    owned = make_runtime(ticket=done, tmux_socket=tmux_socket, tmux_target="cr-mc-2-bb", runtime_class="tmux-live")
+
+    call_command("reap_workers", "--dry-run", "--tmux-socket", tmux_socket)
+    out = capsys.readouterr().out
+    assert "2 worker(s) would be stopped." in out
+    assert sorted(sessions(tmux)) == ["cr-mc-2-bb", "cr-mc-3-cc", "someone-elses"]
+
+    call_command("reap_workers", "--tmux-socket", tmux_socket)
+    assert sessions(tmux) == ["someone-elses"]
+    owned.refresh_from_db()
+    assert owned.runtime_class == "killed-by-controller"
+    orphan = Runtime.objects.get(tmux_target="cr-mc-3-cc")
+    assert (orphan.ticket.key, orphan.runtime_class) == ("MC-3", "killed-by-controller")
+    assert LivenessEvent.objects.filter(reason="controller-kill").count() == 2
+    assert not Ticket.objects.exclude(failure_reason="").exists()
+
+
+def test_stop_action_in_the_admin_reports_how_many_changed(admin_client, tmux, tmux_socket):
+    start_session(tmux, "cr-mc-4-dd", "sleep", "60")
+    runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-4-dd", runtime_class="tmux-live")
+    response = admin_client.post(
+        "/admin/runtimes/runtime/",
+        {"action": "stop_workers", "_selected_action": [runtime.pk]},
+        follow=True,
+    )
+    assert "Stopped 1 runtime(s)." in response.content.decode()
+    runtime.refresh_from_db()
+    assert runtime.runtime_class == "killed-by-controller"
