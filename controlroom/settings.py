@@ -58,7 +58,7 @@ if not SECRET_KEY:
             "SECRET_KEY is required when DEBUG is off. Set SECRET_KEY to a long random string, "
             "or set DEBUG=1 for a local run."
         )
-    SECRET_KEY = "django-insecure-local-development-only"
+    SECRET_KEY = "django-insecure-local-development-only"  # noqa: S105  (DEBUG only)
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])

@@ -5,7 +5,7 @@ import os
 os.environ.setdefault("SECRET_KEY", "test-only-not-secret-" + "x" * 40)
 os.environ.setdefault("CONTROLROOM_HOST", "test-host")
 
-from controlroom.settings import *  # noqa: E402,F403
+from controlroom.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 SECURE_SSL_REDIRECT = False

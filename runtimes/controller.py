@@ -4,6 +4,7 @@ Each action is recorded as a controller transition, so it never reads as a provi
 never raises a failure banner.
 """
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 
@@ -47,16 +48,12 @@ def terminate_process(pid, create_time, grace):
     except psutil.AccessDenied:
         raise ControllerError(f"Not allowed to signal pid {pid}: run the command as the worker's user.") from None
     for member in family:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             member.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(family, timeout=grace)
     for member in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             member.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=grace)
     return f"pid {pid}: SIGTERM" + (f", SIGKILL to {len(alive)} after {grace:g}s" if alive else "")
 

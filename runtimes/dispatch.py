@@ -4,6 +4,7 @@ There is no default model anywhere: a profile names its exact model, the smoke t
 model, and a launch whose smoke test fails stops before any tmux session exists.
 """
 
+import contextlib
 import fnmatch
 import secrets
 import shutil
@@ -273,7 +274,5 @@ def start_tmux_session(socket, session, cwd, command):
 
 
 def _kill_session_quietly(socket, session):
-    try:
+    with contextlib.suppress(DispatchError):
         _tmux(socket, "kill-session", "-t", f"={session}")
-    except DispatchError:
-        pass

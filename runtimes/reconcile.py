@@ -83,10 +83,10 @@ def transition_for(runtime, observation, now, policy, source=LivenessEvent.Sourc
         return harvest.exit_transition(runtime, source, result.exit_code, result.exit_signal, result.message, observed)
     if result.runtime_class == runtime.runtime_class:
         return None
-    if result.runtime_class in (RuntimeClass.TMUX_MISSING, RuntimeClass.NO_WORKER_EXPECTED) and runtime.output_path:
-        # The session is gone, but the log may show the run finished by itself before it went.
-        if harvest.has_final_result(harvest.outcome_of(runtime)):
-            return harvest.exit_transition(runtime, source, pane_message=result.message, observed=observed)
+    gone = result.runtime_class in (RuntimeClass.TMUX_MISSING, RuntimeClass.NO_WORKER_EXPECTED)
+    # The session is gone, but the log may show the run finished by itself before it went.
+    if gone and runtime.output_path and harvest.has_final_result(harvest.outcome_of(runtime)):
+        return harvest.exit_transition(runtime, source, pane_message=result.message, observed=observed)
     return ledger.Transition(runtime, result.runtime_class, result.reason, result.message, source, observed)
 
 

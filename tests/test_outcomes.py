@@ -45,8 +45,9 @@ CLAUDE_CORPUS = [
     ("overloaded", json.dumps(claude_result("success", True, 'API Error: 529 {"type":"error","error":{"type":'
                                             '"overloaded_error","message":"Overloaded"}}', api_error_status=529)),
      "failed", "overloaded", None),
-    ("rate limited, old exit 0", json.dumps(claude_result("success", True, "API Error: Rate limit reached",
-                                                          stop_reason="stop_sequence")), "failed", "rate-limited", None),
+    ("rate limited, old exit 0",
+     json.dumps(claude_result("success", True, "API Error: Rate limit reached", stop_reason="stop_sequence")),
+     "failed", "rate-limited", None),
     ("plan limit", json.dumps(claude_result("success", True, "You've hit your limit · resets 1pm (Europe/Lisbon)")),
      "failed", "rate-limited", None),
     ("not logged in", json.dumps(claude_result("success", True, "Not logged in · Please run /login",

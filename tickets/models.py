@@ -100,6 +100,12 @@ class Ticket(models.Model):
     def __str__(self):
         return self.key
 
+    def save(self, *args, **kwargs):
+        self.updated_at = timezone.now()
+        if "update_fields" in kwargs and kwargs["update_fields"] is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "updated_at"}
+        super().save(*args, **kwargs)
+
     @staticmethod
     def expects_worker_q(prefix=""):
         """The condition "a worker should be running": in progress or in review, not an umbrella."""
@@ -112,12 +118,6 @@ class Ticket(models.Model):
     @property
     def is_closed(self):
         return self.state in self.CLOSED_STATES
-
-    def save(self, *args, **kwargs):
-        self.updated_at = timezone.now()
-        if "update_fields" in kwargs and kwargs["update_fields"] is not None:
-            kwargs["update_fields"] = {*kwargs["update_fields"], "updated_at"}
-        super().save(*args, **kwargs)
 
     def close(self, by, now=None):
         """Close the ticket as done and clear its failure banner (saves)."""

@@ -21,6 +21,8 @@ class Command(BaseCommand):
                 with open(file, "rb") as log:
                     raw = log.read()
             except OSError as error:
-                raise CommandError(f"Cannot read {file}: {error.strerror}. Give a readable output log or - for stdin.")
+                raise CommandError(
+                    f"Cannot read {file}: {error.strerror}. Give a readable output log or - for stdin."
+                ) from None
         outcome = outcomes.classify(provider, raw)
         self.stdout.write(json.dumps(outcome.as_dict(), ensure_ascii=False, sort_keys=True))
