@@ -8,6 +8,24 @@ from runtimes.models import LIVE_CLASSES, Runtime
 from tickets.models import Ticket, Verdict, user_may_close_as_validator
 
 VALIDATOR_REFUSAL = "Only validators may record a validator verdict that closes a ticket."
+CLOSE_REFUSAL = "Only validators may close a ticket as done: record a validator verdict, or ask a validator."
+
+
+class TicketForm(forms.ModelForm):
+    """Refuses moving a ticket to done for anyone who is not a validator."""
+
+    user = None
+
+    class Meta:
+        model = Ticket
+        fields = "__all__"
+
+    def clean_state(self):
+        state = self.cleaned_data["state"]
+        closing = state == Ticket.State.DONE and self.initial.get("state") != Ticket.State.DONE
+        if closing and not user_may_close_as_validator(self.user):
+            raise forms.ValidationError(CLOSE_REFUSAL)
+        return state
 
 
 def banner(text):
@@ -69,6 +87,7 @@ class RuntimeInline(admin.TabularInline):
 
 @admin.register(Ticket)
 class TicketAdmin(admin.ModelAdmin):
+    form = TicketForm
     list_display = ("key", "title", "state", "kind", "owner", "banner_column", "live_runtimes", "attention_runtimes")
     list_filter = ("state", "kind", "priority")
     search_fields = ("key", "title", "owner")
@@ -95,6 +114,15 @@ class TicketAdmin(admin.ModelAdmin):
         ),
         ("Status", {"fields": ("failure_reason", "note", "closed_at", "closed_by", "created_at", "updated_at")}),
     )
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        return type("TicketFormForUser", (form,), {"user": request.user})
+
+    def save_model(self, request, obj, form, change):
+        if "state" in form.changed_data and obj.state == Ticket.State.DONE:
+            obj.closed_by = request.user.get_username()
+        super().save_model(request, obj, form, change)
 
     def get_queryset(self, request):
         now = timezone.now()
@@ -137,11 +165,10 @@ class VerdictAdmin(admin.ModelAdmin):
     raw_id_fields = ("ticket", "runtime")
     show_full_result_count = False
 
-    def get_fields(self, request, obj=None):
-        return ("ticket", *VerdictForm.Meta.fields)
+    fields = ("ticket", *VerdictForm.Meta.fields)
 
     def get_form(self, request, obj=None, **kwargs):
-        form = super().get_form(request, obj, fields=self.get_fields(request, obj), **kwargs)
+        form = super().get_form(request, obj, **kwargs)
         return type("VerdictFormForUser", (form,), {"user": request.user})
 
     def has_change_permission(self, request, obj=None):

@@ -101,9 +101,14 @@ class Ticket(models.Model):
         return self.key
 
     def save(self, *args, **kwargs):
+        """Keep the closing fields in step with the state, and stamp updated_at."""
         self.updated_at = timezone.now()
-        if "update_fields" in kwargs and kwargs["update_fields"] is not None:
-            kwargs["update_fields"] = {*kwargs["update_fields"], "updated_at"}
+        if self.state in self.CLOSED_STATES and self.closed_at is None:
+            self.closed_at = self.updated_at
+        elif self.state not in self.CLOSED_STATES:
+            self.closed_at, self.closed_by = None, ""
+        if kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "updated_at", "closed_at", "closed_by"}
         super().save(*args, **kwargs)
 
     @staticmethod

@@ -1,0 +1,49 @@
+"""The three staff roles and what each may do, as Django groups and permissions.
+
+viewers read everything; operators also stop, recover and launch workers and edit profiles;
+validators also record validator verdicts and close tickets. Superusers may do everything.
+"""
+
+VIEWERS = "viewers"
+OPERATORS = "operators"
+VALIDATORS = "validators"
+
+# (app_label, codename) pairs.
+VIEW = [
+    ("tickets", "view_ticket"),
+    ("tickets", "view_verdict"),
+    ("runtimes", "view_runtime"),
+    ("runtimes", "view_livenessevent"),
+    ("runtimes", "view_reconcilerheartbeat"),
+    ("runtimes", "view_workerprofile"),
+    ("runtimes", "view_modelsmokeresult"),
+]
+ROLE_PERMISSIONS = {
+    VIEWERS: VIEW,
+    OPERATORS: [
+        *VIEW,
+        ("tickets", "add_ticket"),
+        ("tickets", "change_ticket"),
+        ("tickets", "add_verdict"),
+        ("runtimes", "change_runtime"),  # the stop and recover actions
+        ("runtimes", "add_workerprofile"),
+        ("runtimes", "change_workerprofile"),
+        ("runtimes", "delete_workerprofile"),
+    ],
+    VALIDATORS: [
+        *VIEW,
+        ("tickets", "change_ticket"),
+        ("tickets", "add_verdict"),
+        ("tickets", "close_as_validator"),
+    ],
+}
+
+
+def sync_groups(group_model, permission_model):
+    """Create the groups and set exactly their permissions (idempotent)."""
+    for name, pairs in ROLE_PERMISSIONS.items():
+        group, _ = group_model.objects.get_or_create(name=name)
+        permissions = [
+            permission_model.objects.get(content_type__app_label=app, codename=codename) for app, codename in pairs
+        ]
+        group.permissions.set(permissions)
