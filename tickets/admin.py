@@ -18,7 +18,18 @@ class TicketForm(forms.ModelForm):
 
     class Meta:
         model = Ticket
-        fields = "__all__"
+        fields = (
+            "key",
+            "title",
+            "description",
+            "state",
+            "kind",
+            "priority",
+            "owner",
+            "parent",
+            "failure_reason",
+            "note",
+        )
 
     def clean_state(self):
         state = self.cleaned_data["state"]
