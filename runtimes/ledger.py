@@ -144,13 +144,20 @@ def ticket_effect(t):
 
 
 def _apply_ticket_effects(accepted, now):
+    """Merge each ticket's effects (later transitions win), then one UPDATE per distinct change."""
+    merged = {}
     for t in accepted:
         updates, only_if_working = ticket_effect(t)
-        if not updates:
-            continue
-        updates = {name: safe_text(value, _limit()) if name != "state" else value for name, value in updates.items()}
-        tickets = Ticket.objects.filter(pk=t.runtime.ticket_id)
+        if updates:
+            previous, working = merged.get(t.runtime.ticket_id, ({}, True))
+            merged[t.runtime.ticket_id] = ({**previous, **updates}, working and only_if_working)
+    groups = {}
+    for ticket_id, (updates, only_if_working) in merged.items():
+        clean = tuple(sorted((k, v if k == "state" else safe_text(v, _limit())) for k, v in updates.items()))
+        groups.setdefault((clean, only_if_working), []).append(ticket_id)
+    for (updates, only_if_working), ticket_ids in groups.items():
+        tickets = Ticket.objects.filter(pk__in=ticket_ids)
         if only_if_working:
             # A ticket that stopped expecting a worker (closed, waiting, umbrella) gets no banner.
             tickets = tickets.filter(Ticket.expects_worker_q())
-        tickets.update(updated_at=now, **updates)
+        tickets.update(updated_at=now, **dict(updates))

@@ -71,9 +71,15 @@ def start_session(server, name, *argv, remain_on_exit=True):
 
 
 def pane_is_dead(server, session, status_reported=True):
-    """Dead and (by default) with its exit status or signal reported by tmux."""
+    """Dead and (by default) with its exit status or signal reported by tmux.
+
+    tmux 3.3a now and then misses a child's SIGCHLD and never records the status; any later child
+    of the server makes its waitpid loop reap the zombie, so the check nudges it with one."""
     out = server.cmd("display-message", "-p", "-t", session, "#{pane_dead}:#{pane_dead_status}#{pane_dead_signal}")
     dead = bool(out.stdout) and out.stdout[0].startswith("1:")
+    if dead and status_reported and len(out.stdout[0]) <= 2:
+        server.cmd("run-shell", "true")
+        return False
     return dead and (len(out.stdout[0]) > 2 or not status_reported)
 
 

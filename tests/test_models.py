@@ -19,8 +19,10 @@ def test_ticket_key_must_look_like_a_project_key():
 
 
 def test_a_done_ticket_needs_a_closing_time():
+    ticket = Ticket.objects.create(key="MC-1", title="x", state=Ticket.State.DONE)
+    assert ticket.closed_at is not None  # save() stamps it
     with pytest.raises(IntegrityError), transaction.atomic():
-        Ticket.objects.create(key="MC-1", title="x", state=Ticket.State.DONE)
+        Ticket.objects.filter(pk=ticket.pk).update(closed_at=None)  # the database refuses a bypass
 
 
 def test_tmux_runtime_without_target_is_refused_by_the_database():

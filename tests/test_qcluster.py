@@ -12,6 +12,11 @@ def heartbeat(db_path, host):
         return db.execute("SELECT runtimes_seen FROM runtimes_reconcilerheartbeat WHERE host = ?", (host,)).fetchone()
 
 
+def failed_tasks(db_path):
+    with sqlite3.connect(db_path) as db:
+        return db.execute("SELECT func FROM django_q_task WHERE success = 0").fetchall()
+
+
 def test_a_real_qcluster_runs_the_registered_schedule_and_a_heartbeat_appears(tmp_path):
     db_path = tmp_path / "cluster.sqlite3"
     env = environment(f"sqlite:///{db_path}", "qc-host")
@@ -23,11 +28,16 @@ def test_a_real_qcluster_runs_the_registered_schedule_and_a_heartbeat_appears(tm
     cluster = Cluster(env, tmp_path / "qcluster.log")
     try:
         beat = wait_until(lambda: heartbeat(db_path, "qc-host"), timeout=60)
+        # A pass that fails (here: its table is gone) is reported in django-q2's failed tasks.
+        with sqlite3.connect(db_path) as db:
+            db.execute("ALTER TABLE runtimes_reconcilerheartbeat RENAME TO broken")
+        enqueue = "from django_q.tasks import async_task; async_task('runtimes.tasks.reconcile_host', host='qc-host')"
+        manage(env, "shell", "-c", enqueue)
+        failed = wait_until(lambda: failed_tasks(db_path), timeout=30)
     finally:
         cluster.stop()
     log = (tmp_path / "qcluster.log").read_text()
     assert beat is not None, log
     assert cluster.process.returncode is not None
-    with sqlite3.connect(db_path) as db:
-        tasks = db.execute("SELECT name, success FROM django_q_task").fetchall()
-    assert tasks and all(success for _, success in tasks), log
+    assert failed == [("runtimes.tasks.reconcile_host",)], log
+    assert "Failed 'runtimes.tasks.reconcile_host'" in log and "no such table: runtimes_reconcilerheartbeat" in log
