@@ -25,10 +25,10 @@ _SECRET_FIELDS = re.compile(
 
 
 def redact(text):
-    text = _SECRET_FIELDS.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
+    # Token shapes first (so "Authorization: Bearer <token>" loses the token, not just "Bearer").
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(REDACTED, text)
-    return text
+    return _SECRET_FIELDS.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
 
 
 def safe_text(value, limit=2000):

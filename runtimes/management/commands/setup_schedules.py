@@ -1,5 +1,5 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from runtimes.schedules import ensure_reconcile_schedule
 
@@ -12,6 +12,8 @@ class Command(BaseCommand):
         parser.add_argument("--minutes", type=int, default=None, help="Interval in minutes (default: settings).")
 
     def handle(self, *args, host, minutes, **options):
+        if minutes is not None and minutes < 1:
+            raise CommandError("--minutes must be a whole number of minutes, 1 or more.")
         schedule, created = ensure_reconcile_schedule(host=host or settings.CONTROLROOM_HOST, minutes=minutes)
         verb = "Created" if created else "Updated"
         self.stdout.write(
