@@ -1,0 +1,104 @@
+"""Two worker hosts, two real django-q2 clusters, one PostgreSQL database, one Redis broker."""
+
+import os
+import uuid
+
+import libtmux
+import psycopg
+import pytest
+
+from tests.clusters import Cluster, environment, manage, wait_until
+from tests.conftest import postgres_url
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not postgres_url(), reason="needs PostgreSQL: set DATABASE_URL=postgres://…"),
+    pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis: set REDIS_URL=redis://…"),
+]
+
+
+@pytest.fixture
+def scratch_database():
+    """A PostgreSQL database of its own (the clusters are separate processes), dropped after."""
+    base = postgres_url()
+    name = f"cr_multihost_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield name, base.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def rows(url, sql, *params):
+    with psycopg.connect(url) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def seed(url, hosts_and_sockets):
+    with psycopg.connect(url) as db:
+        ticket = db.execute(
+            "INSERT INTO tickets_ticket (key, title, description, state, kind, priority, owner, failure_reason, note,"
+            " closed_by, created_at, updated_at) VALUES ('MC-77', 't', '', 'in_progress', 'task', 3, '', '', '', '',"
+            " now(), now()) RETURNING id"
+        ).fetchone()[0]
+        for host, socket in hosts_and_sockets:
+            db.execute(
+                "INSERT INTO runtimes_runtime (ticket_id, kind, handle, host, tmux_socket, tmux_target, provider,"
+                " model, profile, cwd, output_path, started_at, exit_outcome, runtime_class, class_reason,"
+                " class_message, class_changed_at, controller_action, created_at) VALUES (%s, 'tmux', %s, %s, %s,"
+                " 'cr-mc-77', 'claude', '', '', '', '', now(), '', 'pending', 'launched', '', now(), 'none', now())",
+                (ticket, f"tmux:cr-mc-77@{host}", host, socket),
+            )
+
+
+def test_each_host_reconciles_its_own_runtimes_and_a_stopped_host_turns_unknown(scratch_database, tmp_path):
+    _, url = scratch_database
+    tag = uuid.uuid4().hex[:6]
+    hosts = {f"host-a-{tag}": f"crtest-a-{tag}", f"host-b-{tag}": f"crtest-b-{tag}"}
+    servers = [libtmux.Server(socket_name=socket) for socket in hosts.values()]
+    for server in servers:
+        server.cmd("new-session", "-d", "-s", "cr-mc-77", "sleep", "600")
+    envs = {
+        host: environment(url, host, REDIS_URL=os.environ["REDIS_URL"], CONTROLROOM_HOST_SILENT_AFTER="5")
+        for host in hosts
+    }
+    host_a, host_b = hosts
+    manage(envs[host_a], "migrate", "-v0")
+    seed(url, hosts.items())
+    clusters = {}
+    try:
+        for host, env in envs.items():
+            manage(env, "setup_schedules")
+            clusters[host] = Cluster(env, tmp_path / f"{host}.log")
+
+        def live_by_own_host():
+            found = rows(
+                url,
+                "SELECT r.host, e.host FROM runtimes_runtime r JOIN runtimes_livenessevent e ON e.runtime_id = r.id"
+                " WHERE r.runtime_class = 'tmux-live'",
+            )
+            return len(found) == 2 and found
+
+        written = wait_until(live_by_own_host, timeout=90)
+        logs = {host: (tmp_path / f"{host}.log").read_text() for host in hosts}
+        assert written, logs
+        assert all(runtime_host == writer for runtime_host, writer in written)  # nobody touched another's rows
+        assert {h for (h,) in rows(url, "SELECT host FROM runtimes_reconcilerheartbeat")} == set(hosts)
+
+        clusters.pop(host_b).stop()  # host B goes quiet; its worker keeps running, unobserved
+        wait_until(lambda: False, timeout=6)  # past the 5 s grace
+        enqueue = f"from django_q.tasks import async_task; async_task('runtimes.tasks.reconcile_host', host='{host_a}')"
+        manage(envs[host_a], "shell", "-c", enqueue)
+
+        def b_unknown():
+            return rows(url, "SELECT runtime_class, class_reason FROM runtimes_runtime WHERE host = %s", host_b)
+
+        assert wait_until(lambda: b_unknown() == [("unknown", "host-silent")], timeout=60), b_unknown()
+        assert rows(url, "SELECT runtime_class FROM runtimes_runtime WHERE host = %s", host_a) == [("tmux-live",)]
+        writer = rows(url, "SELECT e.host FROM runtimes_livenessevent e WHERE e.to_class = 'unknown'")
+        assert writer == [(host_a,)]  # noticed by the host that is still reporting
+    finally:
+        for cluster in clusters.values():
+            cluster.stop()
+        for server in servers:
+            server.kill()
