@@ -1,7 +1,10 @@
 from django.contrib import admin, messages
 from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.core.paginator import Paginator
+from django.db import connections
 from django.db.models import BooleanField, Case, Value, When
 from django.utils import timezone
+from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from runtimes import controller
@@ -211,8 +214,30 @@ class RuntimeAdmin(admin.ModelAdmin):
             self.message_user(request, failure, messages.ERROR)
 
 
+class EstimatedCountPaginator(Paginator):
+    """Pages the ledger without a full COUNT(*): on PostgreSQL an unfiltered list uses the
+    planner's row estimate (pg_class.reltuples) once the table is large; otherwise it counts."""
+
+    EXACT_BELOW = 10_000
+
+    @cached_property
+    def count(self):
+        queryset = self.object_list
+        database = connections[queryset.db]
+        if database.vendor == "postgresql" and not queryset.query.where:
+            with database.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [queryset.model._meta.db_table]
+                )
+                row = cursor.fetchone()
+            if row and row[0] >= self.EXACT_BELOW:
+                return row[0]
+        return super().count
+
+
 @admin.register(LivenessEvent)
 class LivenessEventAdmin(admin.ModelAdmin):
+    paginator = EstimatedCountPaginator
     list_display = ("at", "runtime_handle", "from_badge", "to_badge", "reason", "source", "host")
     list_filter = ("to_class", "reason", "source")
     list_select_related = ("runtime",)

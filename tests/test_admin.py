@@ -183,3 +183,23 @@ def test_admin_form_rejects_an_invalid_ticket_key(admin_client):
     assert response.status_code == 200
     assert "like MC-4502" in response.content.decode()
     assert not Ticket.objects.exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (the row estimate is pg_class's)")
+def test_the_ledger_changelist_pages_a_large_table_without_counting_it(admin_client, monkeypatch):
+    from runtimes.admin import EstimatedCountPaginator
+
+    monkeypatch.setattr(EstimatedCountPaginator, "EXACT_BELOW", 10)
+    runtime = make_runtime()
+    LivenessEvent.objects.bulk_create(
+        LivenessEvent(runtime=runtime, to_class="tmux-live", reason="pane-alive", source="reconciler")
+        for _ in range(50)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE runtimes_livenessevent")
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(reverse("admin:runtimes_livenessevent_changelist"))
+    assert response.status_code == 200
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"] and "livenessevent" in q["sql"]]
+    assert counts == []
+    assert response.context["cl"].result_count >= 10

@@ -3,6 +3,7 @@
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -227,3 +228,22 @@ def test_two_reconcilers_a_hundred_passes_each_with_changing_workers(sleeper):
         assert chain == expected, (runtime.handle, chain)
     assert ledger.Transition  # the writer under test
     assert Runtime.objects.filter(runtime_class="process-dead").count() == 10
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to drop privileges"
+)
+def test_a_socket_owned_by_another_user_is_unknown_not_missing(tmux, tmux_socket, tmp_path, settings):
+    start_session(tmux, "cr-theirs", "sleep", "60")
+    socket_path = tmux.cmd("display-message", "-p", "#{socket_path}").stdout[0]
+    as_nobody = tmp_path / "tmux"
+    real = shutil.which("tmux")
+    as_nobody.write_text(f'#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups {real} "$@"\n')
+    as_nobody.chmod(0o755)
+    runtime = make_runtime(tmux_socket=socket_path, tmux_target="cr-theirs", runtime_class="tmux-live")
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "TMUX_BIN": str(as_nobody)}
+    reconcile()
+    runtime = refreshed(runtime)
+    assert (runtime.runtime_class, runtime.class_reason) == ("unknown", "tmux-unreachable")
+    assert "Permission denied" in runtime.class_message

@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -136,14 +137,16 @@ class TicketAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
     def get_queryset(self, request):
-        now = timezone.now()
-        attention = Runtime.needs_attention_q(now, runtime_prefix="runtimes__", ticket_prefix="")
+        """Counts as correlated subqueries: the database computes them only for the shown page."""
+        runtimes = Runtime.objects.filter(ticket=OuterRef("pk")).order_by().values("ticket")
+        attention = runtimes.filter(Runtime.needs_attention_q(timezone.now()))
+        live = runtimes.filter(runtime_class__in=LIVE_CLASSES)
         return (
             super()
             .get_queryset(request)
             .annotate(
-                live_count=Count("runtimes", filter=Q(runtimes__runtime_class__in=LIVE_CLASSES)),
-                attention_count=Count("runtimes", filter=attention),
+                live_count=Coalesce(Subquery(live.annotate(n=Count("pk")).values("n")), 0),
+                attention_count=Coalesce(Subquery(attention.annotate(n=Count("pk")).values("n")), 0),
             )
         )
 

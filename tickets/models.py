@@ -93,6 +93,8 @@ class Ticket(models.Model):
             ),
         ]
         indexes = [
+            # The ticket changelist's default ordering (newest activity first).
+            models.Index(fields=["-updated_at"], name="ticket_recent_idx"),
             # The changelist's "tickets with a failure banner" view.
             models.Index(fields=["state"], name="ticket_banner_idx", condition=~Q(failure_reason="")),
         ]
