@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import BooleanField, Count, ExpressionWrapper
 from django.utils import timezone
 
 from runtimes import harvest, ledger, liveness, observe
 from runtimes.models import LIVE_CLASSES, LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
+from tickets.models import Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ WATCHED_CLASSES = (RuntimeClass.PENDING, RuntimeClass.TMUX_LIVE, RuntimeClass.PR
 LOAD_FIELDS = (
     "kind", "handle", "host", "tmux_socket", "tmux_target", "pid", "pid_create_time", "provider", "profile",
     "output_path", "started_at", "last_activity_at", "runtime_class", "class_changed_at", "controller_action",
-    "exit_outcome", "exit_code", "exit_signal", "ended_at", "ticket__state", "ticket__kind",
+    "exit_outcome", "exit_code", "exit_signal", "ended_at", "last_seen_at", "ticket",
 )  # fmt: skip
 
 
@@ -65,7 +66,9 @@ def facts_of(runtime):
         kind=runtime.kind,
         runtime_class=runtime.runtime_class,
         controller_action=runtime.controller_action,
-        ticket_expects_worker=runtime.ticket.expects_worker,
+        ticket_expects_worker=(
+            runtime.ticket_expects if hasattr(runtime, "ticket_expects") else runtime.ticket.expects_worker
+        ),
         started_at=runtime.started_at,
         class_changed_at=runtime.class_changed_at,
         last_activity_at=runtime.last_activity_at,
@@ -90,9 +93,16 @@ def transition_for(runtime, observation, now, policy, source=LivenessEvent.Sourc
     return ledger.Transition(runtime, result.runtime_class, result.reason, result.message, source, observed)
 
 
+def with_ticket_expectation(runtimes):
+    """The fields a pass needs, and whether each runtime's ticket expects a worker, computed in
+    SQL (cheaper than building a Ticket object per row)."""
+    expects = ExpressionWrapper(Ticket.expects_worker_q(prefix="ticket__"), output_field=BooleanField())
+    return runtimes.only(*LOAD_FIELDS).annotate(ticket_expects=expects)
+
+
 def load_active(host):
-    """This host's unsettled runtimes with their tickets: one query."""
-    return list(Runtime.objects.active().on_host(host).select_related("ticket").only(*LOAD_FIELDS))
+    """This host's unsettled runtimes: one query."""
+    return list(with_ticket_expectation(Runtime.objects.active().on_host(host)))
 
 
 def silent_host_transitions(host, now):
@@ -103,11 +113,8 @@ def silent_host_transitions(host, now):
     )
     if not silent:
         return [], []
-    rows = (
-        Runtime.objects.filter(host__in=silent, runtime_class__in=WATCHED_CLASSES)
-        .exclude(kind=Runtime.Kind.WEBSOCKET)
-        .select_related("ticket")
-        .only(*LOAD_FIELDS)
+    rows = with_ticket_expectation(
+        Runtime.objects.filter(host__in=silent, runtime_class__in=WATCHED_CLASSES).exclude(kind=Runtime.Kind.WEBSOCKET)
     )
     transitions = []
     for runtime in rows:
@@ -131,6 +138,9 @@ def reconcile(host=None, now=None):
     summary.tmux_sockets = len(snapshot.tmux)
 
     transitions, seen_alive = [], []
+    # last_seen_at is a cheap liveness signal: refreshed when older than LAST_SEEN_REFRESH, so
+    # back-to-back passes (--watch) do not rewrite every live row each time.
+    refresh_before = now - timedelta(seconds=settings.CONTROLROOM["LAST_SEEN_REFRESH"])
     for runtime in runtimes:
         try:
             transition = transition_for(runtime, snapshot.observe(runtime), now, policy)
@@ -141,7 +151,8 @@ def reconcile(host=None, now=None):
             continue
         if transition:
             transitions.append(transition)
-        if (transition.to_class if transition else runtime.runtime_class) in LIVE_CLASSES:
+        alive = (transition.to_class if transition else runtime.runtime_class) in LIVE_CLASSES
+        if alive and (transition or runtime.last_seen_at is None or runtime.last_seen_at <= refresh_before):
             seen_alive.append(runtime.pk)
 
     silent, summary.silent_hosts = silent_host_transitions(host, now)

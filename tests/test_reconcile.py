@@ -310,3 +310,14 @@ def test_reconcile_watch_stops_cleanly_on_sigterm(tmp_path):
             watcher.kill()
     assert watcher.returncode == 0
     assert out.strip().endswith("Stopped.")
+
+
+def test_last_seen_is_refreshed_only_when_older_than_the_refresh_interval(tmux, tmux_socket, settings):
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "LAST_SEEN_REFRESH": 30}
+    start_session(tmux, "cr-seen", "sleep", "60")
+    now = timezone.now()
+    recent = tmux_runtime(tmux_socket, "cr-seen", handle="tmux:recent", last_seen_at=now - timedelta(seconds=5))
+    old = tmux_runtime(tmux_socket, "cr-seen", handle="tmux:old", last_seen_at=now - timedelta(seconds=45))
+    reconcile(now=now)
+    assert refreshed(recent).last_seen_at == now - timedelta(seconds=5)
+    assert refreshed(old).last_seen_at == now

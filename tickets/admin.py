@@ -13,24 +13,10 @@ CLOSE_REFUSAL = "Only validators may close a ticket as done: record a validator 
 
 
 class TicketForm(forms.ModelForm):
-    """Refuses moving a ticket to done for anyone who is not a validator."""
+    """Refuses moving a ticket to done for anyone who is not a validator. (TicketAdmin's form
+    factory supplies the model and the fields, from its fieldsets.)"""
 
     user = None
-
-    class Meta:
-        model = Ticket
-        fields = (
-            "key",
-            "title",
-            "description",
-            "state",
-            "kind",
-            "priority",
-            "owner",
-            "parent",
-            "failure_reason",
-            "note",
-        )
 
     def clean_state(self):
         state = self.cleaned_data["state"]
