@@ -1,6 +1,6 @@
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from runtimes import liveness
 from runtimes.models import Reason, Runtime, RuntimeClass
@@ -89,3 +89,10 @@ def test_reason_vocabulary_covers_what_the_classifier_emits():
         "pane-dead-signal", "pane-dead-exit",
     }  # fmt: skip
     assert emitted <= set(Reason.values)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL table option")
+def test_runtime_table_leaves_room_for_hot_updates():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'runtimes_runtime'")
+        assert "fillfactor=70" in cursor.fetchone()[0]
