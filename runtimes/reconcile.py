@@ -15,13 +15,15 @@ from django.db.models import BooleanField, Count, ExpressionWrapper
 from django.utils import timezone
 
 from runtimes import harvest, ledger, liveness, observe
-from runtimes.models import LIVE_CLASSES, LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
+from runtimes.models import LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
 from tickets.models import Ticket
 
 logger = logging.getLogger(__name__)
 
 # Classes in which a runtime's host is watching it: these turn unknown when the host goes silent.
 WATCHED_CLASSES = (RuntimeClass.PENDING, RuntimeClass.TMUX_LIVE, RuntimeClass.PROCESS_LIVE)
+# Classes that mean "a probe saw it alive in this pass" (what last_seen_at records).
+SEEN_CLASSES = (RuntimeClass.TMUX_LIVE, RuntimeClass.PROCESS_LIVE)
 # The fields one pass needs (keeps the load light on large tables).
 LOAD_FIELDS = (
     "kind", "handle", "host", "tmux_socket", "tmux_target", "pid", "pid_create_time", "provider", "profile",
@@ -116,11 +118,10 @@ def silent_host_transitions(host, now):
     rows = with_ticket_expectation(
         Runtime.objects.filter(host__in=silent, runtime_class__in=WATCHED_CLASSES).exclude(kind=Runtime.Kind.WEBSOCKET)
     )
-    transitions = []
+    transitions, policy = [], policy_from_settings()
     for runtime in rows:
         message = f"host {runtime.host} has not reconciled since {silent[runtime.host]:%Y-%m-%d %H:%M:%S}Z"
-        observation = liveness.Observation(host_silent=message)
-        transitions.append(transition_for(runtime, observation, now, policy_from_settings()))
+        transitions.append(transition_for(runtime, liveness.Observation(host_silent=message), now, policy))
     return [t for t in transitions if t], sorted(silent)
 
 
@@ -151,7 +152,7 @@ def reconcile(host=None, now=None):
             continue
         if transition:
             transitions.append(transition)
-        alive = (transition.to_class if transition else runtime.runtime_class) in LIVE_CLASSES
+        alive = (transition.to_class if transition else runtime.runtime_class) in SEEN_CLASSES
         if alive and (transition or runtime.last_seen_at is None or runtime.last_seen_at <= refresh_before):
             seen_alive.append(runtime.pk)
 

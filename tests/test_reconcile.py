@@ -321,3 +321,11 @@ def test_last_seen_is_refreshed_only_when_older_than_the_refresh_interval(tmux, 
     reconcile(now=now)
     assert refreshed(recent).last_seen_at == now - timedelta(seconds=5)
     assert refreshed(old).last_seen_at == now
+
+
+def test_last_seen_records_only_what_a_probe_saw_alive(tmux_socket):
+    console = make_runtime(kind="websocket", handle="ws:seen", last_activity_at=timezone.now())
+    waiting = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-not-yet")  # pending, not seen yet
+    reconcile()
+    assert refreshed(console).last_seen_at is None
+    assert refreshed(waiting).last_seen_at is None
