@@ -107,12 +107,6 @@ class RuntimeQuerySet(models.QuerySet):
         """Runtimes the reconciler still watches (not settled)."""
         return self.exclude(runtime_class__in=FINAL_CLASSES)
 
-    def live(self):
-        return self.filter(runtime_class__in=LIVE_CLASSES)
-
-    def ended(self):
-        return self.filter(runtime_class__in=ENDED_CLASSES)
-
     def needs_attention(self, now=None):
         """Runtimes a person must act on; joins the ticket in SQL (one query)."""
         return self.filter(Runtime.needs_attention_q(now))
@@ -236,10 +230,6 @@ class Runtime(models.Model):
             | Q(**{f"{r}runtime_class": RuntimeClass.UNKNOWN, f"{r}class_changed_at__lte": now - grace})
             | Q(**{f"{r}runtime_class": RuntimeClass.EXITED, f"{r}exit_outcome": ExitOutcome.FAILED})
         )
-
-    @property
-    def is_final(self):
-        return self.runtime_class in FINAL_CLASSES
 
 
 class LivenessEvent(models.Model):

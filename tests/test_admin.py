@@ -203,3 +203,10 @@ def test_the_ledger_changelist_pages_a_large_table_without_counting_it(admin_cli
     counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"] and "livenessevent" in q["sql"]]
     assert counts == []
     assert response.context["cl"].result_count >= 10
+
+
+def test_ticket_changelist_filters_tickets_with_a_failure_banner(admin_client):
+    flagged = make_ticket(failure_reason="tmux:cr-1: session missing")
+    make_ticket()
+    response = admin_client.get(reverse("admin:tickets_ticket_changelist"), {"banner": "yes"})
+    assert [t.key for t in response.context["cl"].result_list] == [flagged.key]

@@ -83,11 +83,26 @@ class RuntimeInline(admin.TabularInline):
         return False
 
 
+class FailureBannerFilter(admin.SimpleListFilter):
+    title = "failure banner"
+    parameter_name = "banner"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Has a banner"), ("no", "No banner"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.with_banner()
+        if self.value() == "no":
+            return queryset.filter(failure_reason="")
+        return queryset
+
+
 @admin.register(Ticket)
 class TicketAdmin(admin.ModelAdmin):
     form = TicketForm
     list_display = ("key", "title", "state", "kind", "owner", "banner_column", "live_runtimes", "attention_runtimes")
-    list_filter = ("state", "kind", "priority")
+    list_filter = ("state", "kind", FailureBannerFilter, "priority")
     search_fields = ("key", "title", "owner")
     readonly_fields = ("banner_display", "closed_at", "closed_by", "created_at", "updated_at")
     raw_id_fields = ("parent",)

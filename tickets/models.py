@@ -15,8 +15,8 @@ class TicketQuerySet(models.QuerySet):
         """Tickets on which a worker should be running right now."""
         return self.filter(Ticket.expects_worker_q())
 
-    def open(self):
-        return self.exclude(state__in=Ticket.CLOSED_STATES)
+    def with_banner(self):
+        return self.exclude(failure_reason="")
 
     def stale_banners(self):
         """Closed tickets still wearing a failure banner."""
@@ -95,7 +95,7 @@ class Ticket(models.Model):
         indexes = [
             # The ticket changelist's default ordering (newest activity first).
             models.Index(fields=["-updated_at"], name="ticket_recent_idx"),
-            # The changelist's "tickets with a failure banner" view.
+            # The ticket changelist's "failure banner: has a banner" filter (and clear_stale_banners).
             models.Index(fields=["state"], name="ticket_banner_idx", condition=~Q(failure_reason="")),
         ]
 
@@ -133,12 +133,6 @@ class Ticket(models.Model):
         self.closed_by = by
         self.failure_reason = ""
         self.save(update_fields=["state", "closed_at", "closed_by", "failure_reason"])
-
-    def clear_banner(self):
-        """Clear the failure banner if one is set (saves only when it changes)."""
-        if self.failure_reason:
-            self.failure_reason = ""
-            self.save(update_fields=["failure_reason"])
 
 
 class Verdict(models.Model):
