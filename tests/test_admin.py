@@ -164,17 +164,25 @@ def test_ledger_is_read_only_in_the_admin(admin_client):
     assert event.reason == "pane-alive"
 
 
-def test_admin_form_rejects_contradictory_runtime_fields(admin_client):
+@pytest.mark.parametrize(
+    "kind, fields, message",
+    [
+        ("websocket", {"tmux_target": "cr-x"}, "websocket console has no tmux pane"),
+        ("process", {"pid": ""}, "background-process runtime needs its pid"),
+        ("tmux", {"tmux_target": ""}, "tmux runtime needs a tmux target"),
+    ],
+)
+def test_admin_form_rejects_contradictory_runtime_fields(admin_client, kind, fields, message):
     ticket = make_ticket()
     data = {
-        "ticket": ticket.pk, "kind": "websocket", "handle": "ws:console-9", "host": "h", "provider": "other",
-        "tmux_target": "cr-x", "tmux_socket": "", "started_at_0": "2026-11-24", "started_at_1": "10:00:00",
-        "events-TOTAL_FORMS": "0", "events-INITIAL_FORMS": "0",
+        "ticket": ticket.pk, "kind": kind, "handle": "x:contradiction", "host": "h", "provider": "other",
+        "tmux_target": "", "tmux_socket": "", "started_at_0": "2026-11-24", "started_at_1": "10:00:00",
+        "events-TOTAL_FORMS": "0", "events-INITIAL_FORMS": "0", **fields,
     }  # fmt: skip
     response = admin_client.post(reverse("admin:runtimes_runtime_add"), data)
     assert response.status_code == 200
-    assert "websocket console has no tmux pane" in response.content.decode()
-    assert not Runtime.objects.filter(handle="ws:console-9").exists()
+    assert message in response.content.decode()
+    assert not Runtime.objects.filter(handle="x:contradiction").exists()
 
 
 def test_admin_form_rejects_an_invalid_ticket_key(admin_client):
