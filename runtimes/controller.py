@@ -82,7 +82,13 @@ def stop_runtime(runtime, by, now=None):
     if runtime.pid:
         done.append(terminate_process(runtime.pid, runtime.pid_create_time, grace))
     if runtime.kind == Runtime.Kind.TMUX:
-        done.append(_kill_tmux_session(runtime.tmux_socket, runtime.tmux_target))
+        try:
+            done.append(_kill_tmux_session(runtime.tmux_socket, runtime.tmux_target))
+        except ControllerError as error:
+            if not runtime.pid:
+                raise
+            # The worker itself was stopped: record the kill, or its end would read as a failure.
+            done.append(f"session left behind: {error}")
     message = f"stopped by {by}: " + ("; ".join(done) if done else "nothing to signal")
     return _controller_transition(
         runtime, RuntimeClass.KILLED_BY_CONTROLLER, Reason.CONTROLLER_KILL, "kill", message, now
@@ -131,6 +137,7 @@ class ReapPlan:
     runtimes: list = field(default_factory=list)  # live runtimes whose ticket is closed
     orphans: list = field(default_factory=list)  # (socket, session name) no runtime owns
     done: list = field(default_factory=list)  # what was done, one line each
+    failed: list = field(default_factory=list)  # what could not be done, and why
 
 
 def plan_reap(host, extra_sockets=()):
@@ -156,15 +163,23 @@ def plan_reap(host, extra_sockets=()):
 
 
 def reap(host, by="reaper", extra_sockets=(), dry_run=False, now=None):
+    """Stop what the plan names; one worker that cannot be stopped never stops the sweep."""
     plan = plan_reap(host, extra_sockets)
     if dry_run:
         return plan
     now = now or timezone.now()
     for runtime in plan.runtimes:
-        stop_runtime(runtime, by, now)
+        try:
+            stop_runtime(runtime, by, now)
+        except ControllerError as error:
+            plan.failed.append(f"could not stop {runtime.handle}: {error}")
+            continue
         plan.done.append(f"stopped {runtime.handle} (ticket {runtime.ticket.key} is {runtime.ticket.state})")
     for socket, session in plan.orphans:
-        plan.done.append(_reap_orphan(host, socket, session, by, now))
+        try:
+            plan.done.append(_reap_orphan(host, socket, session, by, now))
+        except ControllerError as error:
+            plan.failed.append(f"could not stop orphan session {session}: {error}")
     return plan
 
 

@@ -278,3 +278,48 @@ def test_stop_action_in_the_admin_reports_how_many_changed(admin_client, tmux, t
     assert "Stopped 1 runtime(s)." in response.content.decode()
     runtime.refresh_from_db()
     assert runtime.runtime_class == "killed-by-controller"
+
+
+def test_one_worker_that_cannot_be_stopped_never_stops_the_sweep(tmux, tmux_socket, monkeypatch, capsys):
+    from runtimes import controller
+
+    start_session(tmux, "cr-mc-5-ee", "sleep", "60")
+    start_session(tmux, "cr-mc-6-ff", "sleep", "60")
+    stuck = make_runtime(ticket=make_ticket(key="MC-5", state="done"), tmux_socket=tmux_socket,
+                         tmux_target="cr-mc-5-ee", runtime_class="tmux-live")  # fmt: skip
+    fine = make_runtime(ticket=make_ticket(key="MC-6", state="cancelled"), tmux_socket=tmux_socket,
+                        tmux_target="cr-mc-6-ff", runtime_class="tmux-live")  # fmt: skip
+    real_kill = controller._kill_tmux_session
+
+    def kill(socket, target):
+        if target == "cr-mc-5-ee":
+            raise controller.ControllerError("tmux kill-session cr-mc-5-ee failed: permission denied")
+        return real_kill(socket, target)
+
+    monkeypatch.setattr(controller, "_kill_tmux_session", kill)
+    with pytest.raises(CommandError, match="1 worker\\(s\\) could not be stopped"):
+        call_command("reap_workers", "--tmux-socket", tmux_socket)
+    assert "could not stop tmux:" in capsys.readouterr().err
+    stuck.refresh_from_db()
+    fine.refresh_from_db()
+    assert (stuck.runtime_class, fine.runtime_class) == ("tmux-live", "killed-by-controller")
+
+
+def test_a_stopped_worker_whose_session_cannot_be_killed_is_still_a_controller_kill(tmux, tmux_socket, monkeypatch):
+    from runtimes import controller
+
+    pid = start_session(tmux, "cr-mc-7-aa", "sleep", "60")
+    runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-7-aa", pid=pid, runtime_class="tmux-live")
+
+    def refuse(socket, target):
+        raise controller.ControllerError("tmux kill-session cr-mc-7-aa failed: server busy")
+
+    monkeypatch.setattr(controller, "_kill_tmux_session", refuse)
+    call_command("stop_worker", runtime.handle)
+    runtime.refresh_from_db()
+    assert runtime.runtime_class == "killed-by-controller"
+    assert "session left behind" in runtime.class_message
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    reconcile()
+    runtime.refresh_from_db()
+    assert (runtime.runtime_class, runtime.exit_outcome) == ("killed-by-controller", "")

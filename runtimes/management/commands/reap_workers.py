@@ -1,5 +1,5 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from runtimes.controller import reap
 
@@ -26,4 +26,8 @@ class Command(BaseCommand):
             return
         for line in plan.done:
             self.stdout.write(line)
+        for line in plan.failed:
+            self.stderr.write(line)
         self.stdout.write(f"Stopped {len(plan.done)} worker(s).")
+        if plan.failed:
+            raise CommandError(f"{len(plan.failed)} worker(s) could not be stopped; see the lines above.")
