@@ -60,9 +60,8 @@ class Fleet:
 
     def start(self, ticket, size):
         self.sessions = [f"cr-bench-{i}" for i in range(size // 2)]
-        tmux_bin = settings.CONTROLROOM["TMUX_BIN"]
         for session in self.sessions:
-            tmux_probe.run(self.socket, "new-session", "-d", "-s", session, "sleep", "3600", tmux_bin=tmux_bin)
+            tmux_probe.run(self.socket, "new-session", "-d", "-s", session, "sleep", "3600")
         for _ in range(size - len(self.sessions)):
             self.processes.append(
                 subprocess.Popen(["sleep", "3600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -97,7 +96,7 @@ class Fleet:
         return list(Runtime.objects.filter(host=HOST, handle__in=handles).values_list("pk", flat=True))
 
     def close(self):
-        tmux_probe.run(self.socket, "kill-server", tmux_bin=settings.CONTROLROOM["TMUX_BIN"])
+        tmux_probe.run(self.socket, "kill-server")
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
@@ -117,10 +116,9 @@ def probe_floor(fleet):
 def naive_pass(fleet):
     """What a per-runtime reconciler does: one tmux call or lookup per runtime, one save per row.
     (It does less than a real pass: no classification, no ledger; a generous baseline.)"""
-    tmux_bin = settings.CONTROLROOM["TMUX_BIN"]
     for runtime in Runtime.objects.filter(host=HOST).exclude(runtime_class__in=FINAL).select_related("ticket"):
         if runtime.kind == "tmux":
-            alive = tmux_probe.run(runtime.tmux_socket, "has-session", "-t", runtime.tmux_target, tmux_bin=tmux_bin)
+            alive = tmux_probe.run(runtime.tmux_socket, "has-session", "-t", runtime.tmux_target)
             runtime.class_message = "alive" if alive.returncode == 0 else "missing"
         else:
             runtime.class_message = process_probe.probe_one(runtime.pid, runtime.pid_create_time).state

@@ -7,10 +7,13 @@ never raises a failure banner.
 import contextlib
 import re
 from dataclasses import dataclass, field
+from functools import reduce
+from operator import or_
 
 import psutil
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from runtimes import ledger
@@ -59,16 +62,11 @@ def terminate_process(pid, create_time, grace):
 
 
 def _kill_tmux_session(socket, target):
-    config = settings.CONTROLROOM
     session = target.split(":", 1)[0]
     try:
-        done = tmux_probe.run(
-            socket, "kill-session", "-t", f"={session}", tmux_bin=config["TMUX_BIN"], timeout=config["TMUX_TIMEOUT"]
-        )
+        tmux_probe.kill_session(socket, session)
     except tmux_probe.TmuxError as error:
         raise ControllerError(f"Cannot stop tmux session {session}: {error}") from None
-    if done.returncode != 0 and not (tmux_probe.is_no_server(done.stderr) or "can't find session" in done.stderr):
-        raise ControllerError(f"tmux kill-session {session} failed: {done.stderr.strip()}")
     return f"tmux session {session} killed"
 
 
@@ -141,25 +139,25 @@ class ReapPlan:
 
 
 def plan_reap(host, extra_sockets=()):
-    """Queries: one for runtimes on closed tickets, one for owned sessions; one tmux call per socket."""
-    live_on_closed = list(
-        Runtime.objects.on_host(host)
-        .exclude(runtime_class__in=FINAL_CLASSES)
-        .filter(ticket__state__in=Ticket.CLOSED_STATES)
-        .exclude(kind=Runtime.Kind.WEBSOCKET)
-        .select_related("ticket")
-    )
-    owned = set(Runtime.objects.on_host(host).filter(kind=Runtime.Kind.TMUX).values_list("tmux_socket", "tmux_target"))
-    owned_sessions = {(socket, target.split(":", 1)[0]) for socket, target in owned}
-    config = settings.CONTROLROOM
-    sockets = {socket for socket, _ in owned} | set(extra_sockets)
-    orphans = []
-    for socket, snap in tmux_probe.snapshot(sockets, config["TMUX_BIN"], config["TMUX_TIMEOUT"]).items():
-        sessions = {pane.session for pane in snap.by_target.values()}
-        for session in sorted(sessions):
-            if session.startswith(SESSION_PREFIX) and (socket, session) not in owned_sessions:
-                orphans.append((socket, session))
-    return ReapPlan(runtimes=live_on_closed, orphans=orphans)
+    """Three queries and one tmux call per socket: the sockets of this host's unsettled runtimes
+    (plus any named) are listed, and only the Control Room sessions found there are looked up."""
+    unsettled = Runtime.objects.on_host(host).active().exclude(kind=Runtime.Kind.WEBSOCKET)
+    live_on_closed = list(unsettled.filter(ticket__state__in=Ticket.CLOSED_STATES).select_related("ticket"))
+    sockets = set(unsettled.filter(kind=Runtime.Kind.TMUX).values_list("tmux_socket", flat=True).distinct())
+    found = {
+        (socket, pane.session)
+        for socket, snap in tmux_probe.snapshot(sockets | set(extra_sockets)).items()
+        for pane in snap.by_target.values()
+        if pane.session.startswith(SESSION_PREFIX)
+    }
+    names = {session for _, session in found}
+    owned = set()
+    if names:
+        # A runtime owns a session whether its target is the session or one of its panes.
+        targets = reduce(or_, (Q(tmux_target=name) | Q(tmux_target__startswith=f"{name}:") for name in names))
+        rows = Runtime.objects.on_host(host).filter(targets, kind=Runtime.Kind.TMUX)
+        owned = {(socket, target.split(":", 1)[0]) for socket, target in rows.values_list("tmux_socket", "tmux_target")}
+    return ReapPlan(runtimes=live_on_closed, orphans=sorted(found - owned))
 
 
 def reap(host, by="reaper", extra_sockets=(), dry_run=False, now=None):

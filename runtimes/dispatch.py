@@ -246,9 +246,8 @@ def launch(request, now=None):
 
 
 def _tmux(socket, *args):
-    config = settings.CONTROLROOM
     try:
-        done = tmux_probe.run(socket, *args, tmux_bin=config["TMUX_BIN"], timeout=config["TMUX_TIMEOUT"])
+        done = tmux_probe.run(socket, *args)
     except tmux_probe.TmuxError as error:
         raise DispatchError(str(error)) from None
     if done.returncode != 0:
@@ -274,5 +273,5 @@ def start_tmux_session(socket, session, cwd, command):
 
 
 def _kill_session_quietly(socket, session):
-    with contextlib.suppress(DispatchError):
-        _tmux(socket, "kill-session", "-t", f"={session}")
+    with contextlib.suppress(tmux_probe.TmuxError):
+        tmux_probe.kill_session(socket, session)

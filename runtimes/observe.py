@@ -2,8 +2,6 @@
 
 from dataclasses import dataclass
 
-from django.conf import settings
-
 from runtimes import liveness
 from runtimes.exec_worker import read_exit_file
 from runtimes.models import Runtime
@@ -20,11 +18,10 @@ class Snapshot:
 
     @classmethod
     def gather(cls, runtimes):
-        config = settings.CONTROLROOM
         sockets = {r.tmux_socket for r in runtimes if r.kind == Runtime.Kind.TMUX}
         identities = [(r.pid, r.pid_create_time) for r in runtimes if r.kind == Runtime.Kind.PROCESS and r.pid]
         return cls(
-            tmux=tmux_probe.snapshot(sockets, tmux_bin=config["TMUX_BIN"], timeout=config["TMUX_TIMEOUT"]),
+            tmux=tmux_probe.snapshot(sockets),
             processes=process_probe.probe(identities),
         )
 

@@ -323,3 +323,27 @@ def test_a_stopped_worker_whose_session_cannot_be_killed_is_still_a_controller_k
     reconcile()
     runtime.refresh_from_db()
     assert (runtime.runtime_class, runtime.exit_outcome) == ("killed-by-controller", "")
+
+
+def test_reap_costs_the_same_whatever_the_history(tmux, tmux_socket):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from runtimes.controller import plan_reap
+
+    start_session(tmux, "cr-mc-8-aa", "sleep", "60")
+    owner = make_runtime(ticket=make_ticket(key="MC-8"), tmux_socket=tmux_socket, tmux_target="cr-mc-8-aa:0.0",
+                         runtime_class="tmux-live")  # fmt: skip
+
+    def queries():
+        with CaptureQueriesContext(connection) as captured:
+            plan = plan_reap("test-host", [tmux_socket])
+        assert plan.orphans == [] and plan.runtimes == []  # a pane-form target owns its session
+        return len(captured)
+
+    for i in range(5):
+        make_runtime(ticket=owner.ticket, tmux_socket=f"old-{i}", tmux_target=f"cr-mc-8-h{i}", runtime_class="exited")
+    few = queries()
+    for i in range(5, 60):
+        make_runtime(ticket=owner.ticket, tmux_socket=f"old-{i}", tmux_target=f"cr-mc-8-h{i}", runtime_class="exited")
+    assert queries() == few

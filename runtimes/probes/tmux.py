@@ -8,6 +8,8 @@ reconciler; these calls build the same `tmux -L NAME …` argv and run it under 
 import subprocess
 from dataclasses import dataclass, field
 
+from django.conf import settings
+
 from runtimes.liveness import PaneFacts
 
 FIELDS = (
@@ -39,8 +41,11 @@ def socket_args(socket):
     return ["-S", socket] if "/" in socket else ["-L", socket]
 
 
-def run(socket, *args, tmux_bin="tmux", timeout=5.0):
-    """Run one tmux command on `socket`; return the CompletedProcess, or raise TmuxError."""
+def run(socket, *args, tmux_bin=None, timeout=None):
+    """Run one tmux command on `socket`; return the CompletedProcess, or raise TmuxError.
+    The binary and the time limit default to CONTROLROOM_TMUX_BIN and CONTROLROOM_TMUX_TIMEOUT."""
+    tmux_bin = tmux_bin or settings.CONTROLROOM["TMUX_BIN"]
+    timeout = timeout or settings.CONTROLROOM["TMUX_TIMEOUT"]
     argv = [tmux_bin, *socket_args(socket), *args]
     try:
         return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
@@ -54,6 +59,13 @@ def run(socket, *args, tmux_bin="tmux", timeout=5.0):
         ) from None
     except OSError as error:
         raise TmuxError(f"tmux could not run: {error}") from None
+
+
+def kill_session(socket, session, **options):
+    """Kill one session; a session or server that is already gone counts as done."""
+    done = run(socket, "kill-session", "-t", f"={session}", **options)
+    if done.returncode != 0 and not (is_no_server(done.stderr) or "can't find session" in done.stderr):
+        raise TmuxError(f"tmux kill-session {session} failed: {done.stderr.strip()}")
 
 
 def is_no_server(stderr):
@@ -122,7 +134,7 @@ class SocketSnapshot:
         return len({pane.pane_id for pane in self.by_target.values()})
 
 
-def list_panes(socket, tmux_bin="tmux", timeout=5.0):
+def list_panes(socket, tmux_bin=None, timeout=None):
     """One `list-panes -a` on one socket. Never raises: errors land in the snapshot."""
     try:
         done = run(socket, "list-panes", "-a", "-F", PANE_FORMAT, tmux_bin=tmux_bin, timeout=timeout)
@@ -136,6 +148,6 @@ def list_panes(socket, tmux_bin="tmux", timeout=5.0):
     return SocketSnapshot.of(socket, parse_panes(done.stdout.splitlines()))
 
 
-def snapshot(sockets, tmux_bin="tmux", timeout=5.0):
+def snapshot(sockets, tmux_bin=None, timeout=None):
     """Every pane on every socket named: one tmux call per distinct socket."""
     return {socket: list_panes(socket, tmux_bin, timeout) for socket in sorted(set(sockets))}
