@@ -2,7 +2,7 @@
 
 import os
 
-from runtimes import observe, outcomes
+from runtimes import liveness, observe, outcomes
 from runtimes.ledger import Transition
 from runtimes.ledger import apply as apply_transitions
 from runtimes.models import ExitOutcome, Provider, RuntimeClass
@@ -45,8 +45,9 @@ def has_final_result(outcome):
     return outcome.reason not in ("unparseable-output", "interrupted")
 
 
-def exit_transition(runtime, source, exit_code=None, exit_signal=None, pane_message="", observed=None):
-    outcome = outcome_of(runtime, exit_code, exit_signal)
+def exit_transition(runtime, source, exit_code=None, exit_signal=None, pane_message="", observed=None, outcome=None):
+    """The transition to `exited`, with the run's outcome (read from its log unless given)."""
+    outcome = outcome or outcome_of(runtime, exit_code, exit_signal)
     message = "; ".join(part for part in (pane_message, outcome.message) if part)
     facts = dict(observed or {})
     facts["outcome"] = outcome.as_dict()
@@ -71,25 +72,23 @@ def harvest(runtime, now, host):
     """Harvest a finished runtime: classify its output and record the exit (source `harvest`).
 
     Returns the transition written, or None when it was already harvested (harvesting twice
-    changes nothing). Refuses a worker that is still running.
+    changes nothing). Refuses a worker that is still running or cannot be observed. How it
+    ended is the classifier's answer, so a pane tmux gave no status for uses the wrapper's record.
     """
     if runtime.runtime_class == RuntimeClass.EXITED:
         return None
     if runtime.runtime_class in (RuntimeClass.KILLED_BY_CONTROLLER, RuntimeClass.COMPLETED_BY_CONTROLLER):
         raise HarvestError(f"{runtime.handle} is already settled as {runtime.runtime_class}.")
-    snapshot = observe.Snapshot.gather([runtime])
-    observation = snapshot.observe(runtime)
-    exit_code = exit_signal = None
-    pane_message = ""
-    if observation.tmux_error:
-        raise HarvestError(f"Cannot see {runtime.handle}'s tmux pane: {observation.tmux_error}")
-    if observation.pane and not observation.pane.dead:
+    observation = observe.Snapshot.gather([runtime]).observe(runtime)
+    result = liveness.classify(observe.facts_of(runtime), observation, now, observe.policy_from_settings())
+    if result.runtime_class == RuntimeClass.UNKNOWN:
+        raise HarvestError(f"Cannot see {runtime.handle}: {result.message}")
+    pane, process = observation.pane, observation.process
+    if (pane and not pane.dead) or (process and process.state == liveness.ALIVE):
         raise HarvestError(f"{runtime.handle} is still running; stop it first (stop_worker) or wait for it to end.")
-    if observation.process and observation.process.state == "alive":
-        raise HarvestError(f"{runtime.handle} (pid {runtime.pid}) is still running.")
-    if observation.pane:
-        exit_code, exit_signal = observation.pane.dead_status, observation.pane.dead_signal
-        pane_message = f"pane {observation.pane.pane_id} ended"
-    transition = exit_transition(runtime, "harvest", exit_code, exit_signal, pane_message, observation.as_dict())
+    code, signal = (
+        (result.exit_code, result.exit_signal) if result.runtime_class == RuntimeClass.EXITED else (None, None)
+    )
+    transition = exit_transition(runtime, "harvest", code, signal, result.message, observation.as_dict())
     written = apply_transitions([transition], now, host)
     return written[0] if written else None

@@ -2,11 +2,39 @@
 
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from runtimes import liveness
 from runtimes.exec_worker import read_exit_file
 from runtimes.models import Runtime
 from runtimes.probes import processes as process_probe
 from runtimes.probes import tmux as tmux_probe
+
+
+def policy_from_settings():
+    config = settings.CONTROLROOM
+    return liveness.Policy(
+        start_timeout=config["START_TIMEOUT"],
+        websocket_idle_after=config["WEBSOCKET_IDLE_AFTER"],
+        unknown_grace=config["UNKNOWN_GRACE"],
+    )
+
+
+def facts_of(runtime):
+    return liveness.RuntimeFacts(
+        kind=runtime.kind,
+        runtime_class=runtime.runtime_class,
+        controller_action=runtime.controller_action,
+        ticket_expects_worker=(
+            runtime.ticket_expects if hasattr(runtime, "ticket_expects") else runtime.ticket.expects_worker
+        ),
+        started_at=runtime.started_at,
+        class_changed_at=runtime.class_changed_at,
+        last_activity_at=runtime.last_activity_at,
+        pid=runtime.pid,
+        pid_create_time=runtime.pid_create_time,
+        exit_outcome=runtime.exit_outcome,
+    )
 
 
 @dataclass

@@ -54,35 +54,9 @@ class PassSummary:
         )
 
 
-def policy_from_settings():
-    config = settings.CONTROLROOM
-    return liveness.Policy(
-        start_timeout=config["START_TIMEOUT"],
-        websocket_idle_after=config["WEBSOCKET_IDLE_AFTER"],
-        unknown_grace=config["UNKNOWN_GRACE"],
-    )
-
-
-def facts_of(runtime):
-    return liveness.RuntimeFacts(
-        kind=runtime.kind,
-        runtime_class=runtime.runtime_class,
-        controller_action=runtime.controller_action,
-        ticket_expects_worker=(
-            runtime.ticket_expects if hasattr(runtime, "ticket_expects") else runtime.ticket.expects_worker
-        ),
-        started_at=runtime.started_at,
-        class_changed_at=runtime.class_changed_at,
-        last_activity_at=runtime.last_activity_at,
-        pid=runtime.pid,
-        pid_create_time=runtime.pid_create_time,
-        exit_outcome=runtime.exit_outcome,
-    )
-
-
 def transition_for(runtime, observation, now, policy, source=LivenessEvent.Source.RECONCILER):
     """The transition this observation calls for, or None when the class stays."""
-    result = liveness.classify(facts_of(runtime), observation, now, policy)
+    result = liveness.classify(observe.facts_of(runtime), observation, now, policy)
     observed = observation.as_dict()
     if result.runtime_class == RuntimeClass.EXITED:
         return harvest.exit_transition(runtime, source, result.exit_code, result.exit_signal, result.message, observed)
@@ -90,8 +64,12 @@ def transition_for(runtime, observation, now, policy, source=LivenessEvent.Sourc
         return None
     gone = result.runtime_class in (RuntimeClass.TMUX_MISSING, RuntimeClass.NO_WORKER_EXPECTED)
     # The session is gone, but the log may show the run finished by itself before it went.
-    if gone and runtime.output_path and harvest.has_final_result(harvest.outcome_of(runtime)):
-        return harvest.exit_transition(runtime, source, pane_message=result.message, observed=observed)
+    if gone and runtime.output_path:
+        outcome = harvest.outcome_of(runtime)
+        if harvest.has_final_result(outcome):
+            return harvest.exit_transition(
+                runtime, source, pane_message=result.message, observed=observed, outcome=outcome
+            )
     return ledger.Transition(runtime, result.runtime_class, result.reason, result.message, source, observed)
 
 
@@ -118,7 +96,7 @@ def silent_host_transitions(host, now):
     rows = with_ticket_expectation(
         Runtime.objects.filter(host__in=silent, runtime_class__in=WATCHED_CLASSES).exclude(kind=Runtime.Kind.WEBSOCKET)
     )
-    transitions, policy = [], policy_from_settings()
+    transitions, policy = [], observe.policy_from_settings()
     for runtime in rows:
         message = f"host {runtime.host} has not reconciled since {silent[runtime.host]:%Y-%m-%d %H:%M:%S}Z"
         transitions.append(transition_for(runtime, liveness.Observation(host_silent=message), now, policy))
@@ -130,7 +108,7 @@ def reconcile(host=None, now=None):
     host = host or settings.CONTROLROOM_HOST
     now = now or timezone.now()
     started = time.monotonic()
-    policy = policy_from_settings()
+    policy = observe.policy_from_settings()
     summary = PassSummary(host=host)
 
     runtimes = load_active(host)

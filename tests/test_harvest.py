@@ -177,3 +177,46 @@ def test_classify_output_prints_one_json_object(tmp_path, capsys):
 def test_classify_output_of_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(CommandError, match="Cannot read"):
         call_command("classify_output", "--provider", "codex", str(tmp_path / "nope"))
+
+
+def withholding_exit_status(monkeypatch):
+    """Fault injection: tmux 3.3a sometimes never reports a dead pane's status; strip it."""
+    import dataclasses
+
+    from runtimes.probes import tmux as tmux_probe
+
+    real = tmux_probe.list_panes
+
+    def list_panes(socket, *args, **kwargs):
+        snapshot = real(socket, *args, **kwargs)
+        snapshot.by_target = {
+            key: dataclasses.replace(pane, dead_status=None, dead_signal=None)
+            for key, pane in snapshot.by_target.items()
+        }
+        return snapshot
+
+    monkeypatch.setattr(tmux_probe, "list_panes", list_panes)
+
+
+def test_harvest_takes_the_exit_status_from_the_wrapper_when_tmux_withholds_it(
+    tmux, tmux_socket, fake_bin, tmp_path, monkeypatch
+):
+    runtime = run_worker(tmux, tmux_socket, fake_bin, tmp_path, "claude-max-turns")
+    withholding_exit_status(monkeypatch)
+    call_command("harvest_runtime", runtime.handle)
+    runtime.refresh_from_db()
+    assert (runtime.runtime_class, runtime.exit_code, runtime.exit_outcome) == ("exited", 1, "partial-useful")
+
+
+def test_a_gone_session_s_log_is_parsed_once(tmux, tmux_socket, fake_bin, tmp_path, monkeypatch):
+    from runtimes import outcomes
+
+    runtime = run_worker(tmux, tmux_socket, fake_bin, tmp_path, "claude-sonnet-4-6")
+    tmux.cmd("kill-session", "-t", "cr-w")
+    calls = []
+    real = outcomes.classify
+    monkeypatch.setattr(outcomes, "classify", lambda *args: calls.append(args) or real(*args))
+    reconcile()
+    runtime.refresh_from_db()
+    assert (runtime.runtime_class, runtime.exit_outcome) == ("exited", "completed")
+    assert len(calls) == 1
