@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from runtimes import exec_worker, outcomes
@@ -207,12 +207,21 @@ def launch(request, now=None):
 
     session = session_name_for(ticket.key, secrets.token_hex(3))
     run_dir = Path(settings.CONTROLROOM["RUN_DIR"]) / session
-    run_dir.mkdir(parents=True, mode=0o700)
     prompt_path, output_path = run_dir / "prompt.txt", run_dir / "output.jsonl"
-    prompt_path.write_bytes(prompt)
+    try:
+        run_dir.mkdir(parents=True, mode=0o700)
+        prompt_path.write_bytes(prompt)
+    except OSError as error:
+        raise DispatchError(
+            f"Cannot write the worker's files under CONTROLROOM_RUN_DIR ({run_dir}): {error.strerror}."
+        ) from None
     command = [sys.executable, str(Path(exec_worker.__file__).resolve()), "--stdin", str(prompt_path), "--stdout",
                str(output_path), "--", *worker_argv(profile)]  # fmt: skip
-    pane_pid = start_tmux_session(request.tmux_socket, session, request.cwd, command)
+    try:
+        pane_pid = start_tmux_session(request.tmux_socket, session, request.cwd, command)
+    except DispatchError:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     try:
         with transaction.atomic():
             runtime = Runtime.objects.create(
@@ -239,8 +248,12 @@ def launch(request, now=None):
                 message=runtime.class_message, source=LivenessEvent.Source.LAUNCH, host=runtime.host,
                 observed={"pane_pid": pane_pid, "smoke_result": smoke.pk, "argv0": command[0]},
             )  # fmt: skip
-    except Exception:
+    except Exception as error:
         _kill_session_quietly(request.tmux_socket, session)
+        if isinstance(error, DatabaseError):
+            raise DispatchError(
+                f"Could not record the launch ({error}); the tmux session was stopped and nothing was recorded."
+            ) from error
         raise
     return runtime
 

@@ -347,3 +347,35 @@ def test_reap_costs_the_same_whatever_the_history(tmux, tmux_socket):
     for i in range(5, 60):
         make_runtime(ticket=owner.ticket, tmux_socket=f"old-{i}", tmux_target=f"cr-mc-8-h{i}", runtime_class="exited")
     assert queries() == few
+
+
+def test_an_unwritable_run_dir_is_a_clear_error_and_starts_nothing(fake_bin, tmux, launch_args, tmp_path, settings):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "RUN_DIR": blocker / "runs"}
+    profile(name="codex_default")
+    with pytest.raises(CommandError, match="Cannot write the worker's files under CONTROLROOM_RUN_DIR"):
+        call_command("launch_worker", *launch_args(make_ticket(), "codex_default"))
+    assert sessions(tmux) == [] and not Runtime.objects.exists()
+
+
+def test_a_tmux_failure_leaves_no_run_dir_behind(fake_bin, tmux, launch_args, settings, tmp_path):
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "TMUX_BIN": str(tmp_path / "no-tmux")}
+    profile(name="codex_default")
+    with pytest.raises(CommandError, match="tmux binary not found"):
+        call_command("launch_worker", *launch_args(make_ticket(), "codex_default"))
+    assert list(settings.CONTROLROOM["RUN_DIR"].iterdir()) == []
+
+
+def test_a_database_failure_after_the_session_started_stops_it_and_says_so(fake_bin, tmux, launch_args, monkeypatch):
+    from django.db import OperationalError
+
+    profile(name="codex_default")
+
+    def broken(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(LivenessEvent.objects, "create", broken)
+    with pytest.raises(CommandError, match="the tmux session was stopped and nothing was recorded"):
+        call_command("launch_worker", *launch_args(make_ticket(), "codex_default"))
+    assert sessions(tmux) == [] and not Runtime.objects.exists()
