@@ -104,30 +104,21 @@ def recover_runtime(runtime, by, now=None):
 
 
 def _controller_transition(runtime, to_class, reason, action, message, now):
+    """Write the controller's transition; if another writer changed the class first, once more
+    from the class it has now."""
     now = now or timezone.now()
-    transition = ledger.Transition(
-        runtime,
-        to_class,
-        reason,
-        message,
-        LivenessEvent.Source.CONTROLLER,
-        updates={"controller_action": action},
-    )
-    written = ledger.apply([transition], now, settings.CONTROLROOM_HOST)
-    if not written:
-        runtime.refresh_from_db()
-        if runtime.runtime_class != to_class:
-            # Another writer changed the class first: try once more from what it is now.
-            transition = ledger.Transition(
-                runtime,
-                to_class,
-                reason,
-                message,
-                LivenessEvent.Source.CONTROLLER,
-                updates={"controller_action": action},
-            )
-            written = ledger.apply([transition], now, settings.CONTROLROOM_HOST)
-    return written[0] if written else None
+    for attempt in range(2):
+        if attempt:
+            runtime.refresh_from_db()
+            if runtime.runtime_class == to_class:
+                return None
+        transition = ledger.Transition(
+            runtime, to_class, reason, message, LivenessEvent.Source.CONTROLLER, updates={"controller_action": action}
+        )
+        written = ledger.apply([transition], now, settings.CONTROLROOM_HOST)
+        if written:
+            return written[0]
+    return None
 
 
 @dataclass

@@ -16,12 +16,22 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from runtimes import exec_worker, outcomes
 from runtimes.controller import session_name_for
-from runtimes.models import LivenessEvent, ModelSmokeResult, Provider, Reason, Runtime, RuntimeClass, WorkerProfile
+from runtimes.models import (
+    LivenessEvent,
+    ModelSmokeResult,
+    Provider,
+    Reason,
+    Runtime,
+    RuntimeClass,
+    WorkerProfile,
+    validate_model_name,
+)
 from runtimes.probes import processes as process_probe
 from runtimes.probes import tmux as tmux_probe
 from runtimes.text import safe_text
@@ -121,8 +131,10 @@ def smoke_test(provider, model):
     """Run the exact model once and record the result (returned)."""
     if provider not in WorkerProfile.LAUNCHABLE_PROVIDERS:
         raise DispatchError(f"Unknown provider {provider!r}: use claude or codex.")
-    if not model or model != model.strip() or any(c.isspace() for c in model):
-        raise DispatchError(f"Invalid model name {model!r}: give the exact model, e.g. gpt-5.5.")
+    try:
+        validate_model_name(model)
+    except ValidationError:
+        raise DispatchError(f"Invalid model name {model!r}: give the exact model, e.g. gpt-5.5.") from None
     started = time.monotonic()
     reason, message, auth_mode, version = _smoke(provider, model)
     return ModelSmokeResult.objects.create(

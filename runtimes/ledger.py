@@ -117,6 +117,10 @@ def _record_verdicts(accepted, now):
     Verdict.objects.bulk_create(verdicts, ignore_conflicts=True)
 
 
+def _label(reason):
+    return Reason(reason).label if reason in Reason.values else reason
+
+
 def ticket_effect(t):
     """What a transition does to its ticket: (field updates, only while the ticket is working)."""
     runtime = t.runtime
@@ -124,13 +128,11 @@ def ticket_effect(t):
     if t.to_class == RuntimeClass.COMPLETED_BY_CONTROLLER:
         return {"failure_reason": "", "note": f"completed by the controller from {runtime.handle}"}, False
     if t.to_class in (RuntimeClass.TMUX_MISSING, RuntimeClass.PROCESS_DEAD):
-        label = Reason(t.reason).label if t.reason in Reason.values else t.reason
-        return {"failure_reason": f"{runtime.handle}: {label} — {t.message}"}, True
+        return {"failure_reason": f"{runtime.handle}: {_label(t.reason)} — {t.message}"}, True
     if t.to_class != RuntimeClass.EXITED:
         return None, True
     if outcome == ExitOutcome.FAILED:
-        label = Reason(t.reason).label if t.reason in Reason.values else t.reason
-        return {"failure_reason": f"{runtime.handle} failed: {label} — {t.message}"}, True
+        return {"failure_reason": f"{runtime.handle} failed: {_label(t.reason)} — {t.message}"}, True
     if outcome == ExitOutcome.PARTIAL_USEFUL:
         limit = "max budget" if t.reason == Reason.MAX_BUDGET else "max turns"
         if t.reason == Reason.VERDICT_PARTIAL:

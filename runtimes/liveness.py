@@ -4,7 +4,7 @@ The class values and the attention rules are the design brief's table; the funct
 place that decides them. The reconciler gathers the inputs and writes the result.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 # The class and reason names, repeated as plain strings so this module needs no Django. They are
@@ -149,11 +149,7 @@ def classify(facts: RuntimeFacts, observation: Observation, now: datetime, polic
     if result.runtime_class == facts.runtime_class and facts.class_changed_at:
         seconds = (now - facts.class_changed_at).total_seconds()
     attention = needs_attention(result.runtime_class, facts.exit_outcome, facts.ticket_expects_worker, seconds, policy)
-    if attention == result.needs_attention:
-        return result
-    return Classification(
-        result.runtime_class, result.reason, result.message, attention, result.exit_code, result.exit_signal
-    )
+    return replace(result, needs_attention=attention)
 
 
 def _classify(facts, obs, now, policy):

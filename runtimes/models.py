@@ -99,6 +99,12 @@ class Provider(models.TextChoices):
     OTHER = "other", "Other"
 
 
+def validate_model_name(value):
+    """An exact model name: no blanks around or inside (there is no default model to fall back on)."""
+    if not value or value != value.strip() or any(c.isspace() for c in value):
+        raise ValidationError(f"{value!r} is not a model name: give the exact model, e.g. gpt-5.5.")
+
+
 class RuntimeQuerySet(models.QuerySet):
     def on_host(self, host):
         return self.filter(host=host)
@@ -291,7 +297,9 @@ class WorkerProfile(models.Model):
 
     name = models.SlugField(max_length=100, unique=True)
     provider = models.CharField(max_length=12, choices=[(p.value, p.label) for p in LAUNCHABLE_PROVIDERS])
-    model = models.CharField(max_length=100, help_text="The exact model name passed to the CLI.")
+    model = models.CharField(
+        max_length=100, validators=[validate_model_name], help_text="The exact model name passed to the CLI."
+    )
     max_turns = models.PositiveIntegerField(null=True, blank=True, help_text="Claude only.")
     max_budget_usd = models.DecimalField(
         max_digits=8, decimal_places=2, null=True, blank=True, help_text="Claude only."
@@ -317,8 +325,6 @@ class WorkerProfile(models.Model):
     def clean(self):
         if not isinstance(self.extra_args, list) or not all(isinstance(a, str) for a in self.extra_args):
             raise ValidationError({"extra_args": "Extra arguments must be a JSON list of strings."})
-        if self.model != self.model.strip() or any(c.isspace() for c in self.model):
-            raise ValidationError({"model": "A model name has no spaces."})
 
 
 class ModelSmokeResult(models.Model):

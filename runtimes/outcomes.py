@@ -8,6 +8,7 @@ verdict. Any input, however broken, gives an Outcome and never raises.
 """
 
 import json
+import re
 from dataclasses import asdict, dataclass
 
 from runtimes.text import quote_tail, safe_text
@@ -21,6 +22,9 @@ FAILED = "failed"
 _FINISHED_VERDICTS = (verdicts.DONE, verdicts.REVIEW, verdicts.QUESTION, verdicts.APPROVED, verdicts.CHANGES_REQUESTED)
 
 MAX_MESSAGE = 2000
+# An HTTP status quoted in error text ("API Error: 429 …"), as a whole number.
+_STATUS_401 = re.compile(r"(?<![\w.])401(?![\w.])")
+_STATUS_429 = re.compile(r"(?<![\w.])429(?![\w.])")
 
 
 @dataclass(frozen=True)
@@ -77,14 +81,22 @@ def error_reason(text, status=None):
         return "unsupported-model"
     if "model" in lowered and (status == 404 or "not found" in lowered or "not_found_error" in lowered):
         return "unsupported-model"
-    if status in (401, 403) or any(
-        words in lowered
-        for words in ("invalid api key", "not logged in", "authentication", "unauthorized", "please run /login", "401")
+    if (
+        status in (401, 403)
+        or _STATUS_401.search(lowered)
+        or any(
+            words in lowered
+            for words in ("invalid api key", "not logged in", "authentication", "unauthorized", "/login")
+        )
     ):
         return "auth-error"
     if "credit balance" in lowered or "billing" in lowered:
         return "billing-error"
-    if status == 429 or any(words in lowered for words in ("rate limit", "hit your limit", "usage limit", "429")):
+    if (
+        status == 429
+        or _STATUS_429.search(lowered)
+        or any(w in lowered for w in ("rate limit", "hit your limit", "usage limit"))
+    ):
         return "rate-limited"
     if status == 529 or "overloaded" in lowered:
         return "overloaded"

@@ -96,3 +96,11 @@ def test_runtime_table_leaves_room_for_hot_updates():
     with connection.cursor() as cursor:
         cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'runtimes_runtime'")
         assert "fillfactor=70" in cursor.fetchone()[0]
+
+
+def test_a_profile_model_must_be_an_exact_name():
+    from runtimes.models import WorkerProfile
+
+    with pytest.raises(ValidationError, match="is not a model name"):
+        WorkerProfile(name="p", provider="codex", model="gpt 5").full_clean()
+    WorkerProfile(name="p", provider="codex", model="gpt-5.5").full_clean()

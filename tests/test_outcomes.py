@@ -218,3 +218,18 @@ def test_verdict_parser_never_raises(text):
         "partial",
         "failed",
     )
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("API Error: 401 unauthorized", "auth-error"),
+        ("API Error: 429 slow down", "rate-limited"),
+        ("connection refused on port 4012", "api-error"),
+        ("request req_14290 failed", "api-error"),
+    ],
+)
+def test_status_codes_in_error_text_count_only_as_whole_numbers(text, reason):
+    from runtimes.outcomes import error_reason
+
+    assert error_reason(text) == reason
