@@ -7,7 +7,6 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from runtimes import controller
 from runtimes.models import (
     ENDED_CLASSES,
     LIVE_CLASSES,
@@ -18,6 +17,7 @@ from runtimes.models import (
     RuntimeClass,
     WorkerProfile,
 )
+from runtimes.runs import controller
 
 # Badge colours per class: green alive, grey quiet or settled, amber waiting, red needs a look.
 BADGE_COLOURS = {

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from runtimes import liveness
-from runtimes.exec_worker import read_exit_file
 from runtimes.models import Runtime
 from runtimes.probes import processes as process_probe
 from runtimes.probes import tmux as tmux_probe
+from runtimes.runs.exec_worker import read_exit_file
 
 
 def policy_from_settings():
@@ -63,6 +63,11 @@ class Snapshot:
         if runtime.kind == Runtime.Kind.PROCESS and runtime.pid:
             return liveness.Observation(process=self.processes[(runtime.pid, runtime.pid_create_time)])
         return liveness.Observation()
+
+
+def observe_one(runtime):
+    """Observe one runtime now (what a command acting on one runtime needs)."""
+    return Snapshot.gather([runtime]).observe(runtime)
 
 
 def exit_record(runtime, pane):

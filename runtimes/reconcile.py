@@ -14,8 +14,9 @@ from django.conf import settings
 from django.db.models import BooleanField, Count, ExpressionWrapper
 from django.utils import timezone
 
-from runtimes import harvest, ledger, liveness, observe
+from runtimes import ledger, liveness, observe
 from runtimes.models import LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
+from runtimes.runs import harvest
 from tickets.models import Ticket
 
 logger = logging.getLogger(__name__)

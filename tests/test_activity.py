@@ -4,7 +4,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from runtimes.activity import record_activity
+from runtimes.intake.activity import record_activity
 from runtimes.reconcile import reconcile
 from tests.conftest import make_runtime
 

@@ -281,7 +281,7 @@ def test_stop_action_in_the_admin_reports_how_many_changed(admin_client, tmux, t
 
 
 def test_one_worker_that_cannot_be_stopped_never_stops_the_sweep(tmux, tmux_socket, monkeypatch, capsys):
-    from runtimes import controller
+    from runtimes.runs import controller
 
     start_session(tmux, "cr-mc-5-ee", "sleep", "60")
     start_session(tmux, "cr-mc-6-ff", "sleep", "60")
@@ -306,7 +306,7 @@ def test_one_worker_that_cannot_be_stopped_never_stops_the_sweep(tmux, tmux_sock
 
 
 def test_a_stopped_worker_whose_session_cannot_be_killed_is_still_a_controller_kill(tmux, tmux_socket, monkeypatch):
-    from runtimes import controller
+    from runtimes.runs import controller
 
     pid = start_session(tmux, "cr-mc-7-aa", "sleep", "60")
     runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-7-aa", pid=pid, runtime_class="tmux-live")
@@ -329,7 +329,7 @@ def test_reap_costs_the_same_whatever_the_history(tmux, tmux_socket):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from runtimes.controller import plan_reap
+    from runtimes.runs.controller import plan_reap
 
     start_session(tmux, "cr-mc-8-aa", "sleep", "60")
     owner = make_runtime(ticket=make_ticket(key="MC-8"), tmux_socket=tmux_socket, tmux_target="cr-mc-8-aa:0.0",

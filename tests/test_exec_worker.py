@@ -3,11 +3,11 @@ import subprocess
 import sys
 import time
 
-from runtimes.exec_worker import read_exit_file
 from runtimes.liveness import EXITED, Observation
+from runtimes.runs.exec_worker import read_exit_file
 from tests.test_liveness import classify, facts, pane
 
-WRAPPER = [sys.executable, "runtimes/exec_worker.py"]
+WRAPPER = [sys.executable, "runtimes/runs/exec_worker.py"]
 
 
 def run_wrapped(tmp_path, *command, prompt=b"hello"):

@@ -6,14 +6,14 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-import runtimes.exec_worker
+import runtimes.runs.exec_worker
 from runtimes.models import LivenessEvent, RuntimeClass
 from runtimes.reconcile import reconcile
 from tests.conftest import make_runtime, make_ticket, pane_is_dead, start_session, wait_for
 from tickets.models import Ticket, Verdict
 
 pytestmark = pytest.mark.django_db
-EXEC_WORKER = Path(runtimes.exec_worker.__file__)
+EXEC_WORKER = Path(runtimes.runs.exec_worker.__file__)
 
 
 def run_worker(tmux, tmux_socket, fake_bin, tmp_path, model, ticket=None, provider="claude", session="cr-w"):
@@ -209,7 +209,7 @@ def test_harvest_takes_the_exit_status_from_the_wrapper_when_tmux_withholds_it(
 
 
 def test_a_gone_session_s_log_is_parsed_once(tmux, tmux_socket, fake_bin, tmp_path, monkeypatch):
-    from runtimes import outcomes
+    from runtimes.runs import outcomes
 
     runtime = run_worker(tmux, tmux_socket, fake_bin, tmp_path, "claude-sonnet-4-6")
     tmux.cmd("kill-session", "-t", "cr-w")

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from runtimes import bench
+from runtimes.bench import reconcile as bench
 
 
 class Command(BaseCommand):

@@ -3,7 +3,8 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from runtimes import outcomes
+from runtimes.runs import outcomes
+from runtimes.runs.harvest import read_output
 
 
 class Command(BaseCommand):
@@ -18,8 +19,7 @@ class Command(BaseCommand):
             raw = sys.stdin.buffer.read()
         else:
             try:
-                with open(file, "rb") as log:
-                    raw = log.read()
+                raw = read_output(file)
             except OSError as error:
                 raise CommandError(
                     f"Cannot read {file}: {error.strerror}. Give a readable output log or - for stdin."

@@ -2,8 +2,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from runtimes.harvest import HarvestError, harvest
 from runtimes.management import runtime_for_handle
+from runtimes.observe import observe_one
+from runtimes.runs.harvest import HarvestError, harvest
 
 
 class Command(BaseCommand):
@@ -16,7 +17,7 @@ class Command(BaseCommand):
     def handle(self, *args, handle, host, **options):
         runtime = runtime_for_handle(handle, host)
         try:
-            written = harvest(runtime, timezone.now(), settings.CONTROLROOM_HOST)
+            written = harvest(runtime, observe_one(runtime), timezone.now(), settings.CONTROLROOM_HOST)
         except HarvestError as error:
             raise CommandError(str(error)) from None
         runtime.refresh_from_db()

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from runtimes.dispatch import DispatchError, LaunchRequest, launch
+from runtimes.runs.dispatch import DispatchError, LaunchRequest, launch
 
 
 class Command(BaseCommand):

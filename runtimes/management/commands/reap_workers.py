@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from runtimes.controller import reap
+from runtimes.runs.controller import reap
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@ from datetime import datetime
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from runtimes.activity import ActivityError, record_activity
+from runtimes.intake.activity import ActivityError, record_activity
 from runtimes.management import runtime_for_handle
 
 

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from runtimes.controller import recover_runtime
 from runtimes.management import runtime_for_handle
+from runtimes.runs.controller import recover_runtime
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from runtimes.dispatch import DispatchError, smoke_test
+from runtimes.runs.dispatch import DispatchError, smoke_test
 
 
 class Command(BaseCommand):

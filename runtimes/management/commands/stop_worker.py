@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from runtimes.controller import ControllerError, stop_runtime
 from runtimes.management import runtime_for_handle
+from runtimes.runs.controller import ControllerError, stop_runtime
 
 
 class Command(BaseCommand):

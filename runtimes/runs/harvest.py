@@ -2,32 +2,31 @@
 
 import os
 
-from runtimes import liveness, observe, outcomes
+from runtimes import liveness, observe
 from runtimes.ledger import Transition
 from runtimes.ledger import apply as apply_transitions
 from runtimes.models import ExitOutcome, Provider, RuntimeClass
+from runtimes.runs import outcomes
 
 # The result line is at the end of the log; a huge log is read from its tail.
 READ_LIMIT = 8 * 1024 * 1024
 
 
 def read_output(path):
-    """The tail of the output log as bytes, or None when it does not exist or cannot be read."""
-    try:
-        with open(path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            size = log.tell()
-            log.seek(max(size - READ_LIMIT, 0))
-            return log.read()
-    except OSError:
-        return None
+    """The tail of an output log as bytes: the one place that reads an output log. Raises OSError."""
+    with open(path, "rb") as log:
+        log.seek(0, os.SEEK_END)
+        size = log.tell()
+        log.seek(max(size - READ_LIMIT, 0))
+        return log.read()
 
 
 def outcome_of(runtime, exit_code=None, exit_signal=None):
     """Classify how the run ended, from its output log when it has one."""
     if runtime.output_path and runtime.provider in (Provider.CLAUDE, Provider.CODEX):
-        raw = read_output(runtime.output_path)
-        if raw is None:
+        try:
+            raw = read_output(runtime.output_path)
+        except OSError:
             return outcomes.Outcome(
                 ExitOutcome.FAILED, "unparseable-output", f"output log {runtime.output_path} is missing"
             )
@@ -68,8 +67,9 @@ class HarvestError(Exception):
     """The runtime cannot be harvested now; the message says why."""
 
 
-def harvest(runtime, now, host):
-    """Harvest a finished runtime: classify its output and record the exit (source `harvest`).
+def harvest(runtime, observation, now, host):
+    """Harvest a finished runtime from the observation its caller made (`observe.observe_one`):
+    classify its output and record the exit (source `harvest`).
 
     Returns the transition written, or None when it was already harvested (harvesting twice
     changes nothing). Refuses a worker that is still running or cannot be observed. How it
@@ -79,7 +79,6 @@ def harvest(runtime, now, host):
         return None
     if runtime.runtime_class in (RuntimeClass.KILLED_BY_CONTROLLER, RuntimeClass.COMPLETED_BY_CONTROLLER):
         raise HarvestError(f"{runtime.handle} is already settled as {runtime.runtime_class}.")
-    observation = observe.Snapshot.gather([runtime]).observe(runtime)
     result = liveness.classify(observe.facts_of(runtime), observation, now, observe.policy_from_settings())
     if result.runtime_class == RuntimeClass.UNKNOWN:
         raise HarvestError(f"Cannot see {runtime.handle}: {result.message}")

@@ -20,8 +20,6 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from runtimes import exec_worker, outcomes
-from runtimes.controller import session_name_for
 from runtimes.models import (
     LivenessEvent,
     ModelSmokeResult,
@@ -34,6 +32,8 @@ from runtimes.models import (
 )
 from runtimes.probes import processes as process_probe
 from runtimes.probes import tmux as tmux_probe
+from runtimes.runs import exec_worker, outcomes
+from runtimes.runs.controller import session_name_for
 from runtimes.text import safe_text
 from tickets.models import Ticket
 

@@ -1,0 +1,1 @@
+"""Benchmarks: programs that print figures measured in one run, never tests."""

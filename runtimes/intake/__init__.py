@@ -1,0 +1,1 @@
+"""What workers and launchers report themselves (websocket activity, and later the API)."""
