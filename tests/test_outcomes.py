@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtimes.outcomes import classify_claude, classify_codex
+from runtimes.runs.outcomes import classify_claude, classify_codex
 from tickets.verdicts import parse_verdict
 
 
@@ -230,6 +230,6 @@ def test_verdict_parser_never_raises(text):
     ],
 )
 def test_status_codes_in_error_text_count_only_as_whole_numbers(text, reason):
-    from runtimes.outcomes import error_reason
+    from runtimes.runs.outcomes import error_reason
 
     assert error_reason(text) == reason

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
-    help = "Create a local superuser with a random password (printed once), for a DEBUG run only."
+    help = "Create a local superuser with a random password (printed once), for a DEBUG run only; prints one line."
 
     def add_arguments(self, parser):
         parser.add_argument("--username", default="admin")
@@ -17,9 +17,9 @@ class Command(BaseCommand):
         users = get_user_model()
         if users.objects.filter(username=username).exists():
             self.stdout.write(
-                f"Admin login {username!r} already exists; reset it with: python manage.py changepassword {username}"
+                f"{username} (created earlier; a new password: .venv/bin/python manage.py changepassword {username})"
             )
             return
         password = secrets.token_urlsafe(12)
         users.objects.create_superuser(username=username, email="", password=password)
-        self.stdout.write(f"Admin login created: username {username!r}, password {password!r}")
+        self.stdout.write(f"{username} / {password}   (created now; the password is shown this once)")
