@@ -21,8 +21,12 @@ KILLED_BY_CONTROLLER = "killed-by-controller"
 COMPLETED_BY_CONTROLLER = "completed-by-controller"
 NO_WORKER_EXPECTED = "no-worker-expected"
 UNKNOWN = "unknown"
+WAITING_INPUT = "waiting-input"
+USAGE_LIMITED = "usage-limited"
+STALLED = "stalled"
+RESUMED = "resumed"
 
-FINAL = (EXITED, KILLED_BY_CONTROLLER, COMPLETED_BY_CONTROLLER)
+FINAL = (EXITED, KILLED_BY_CONTROLLER, COMPLETED_BY_CONTROLLER, RESUMED)
 
 # Process probe states (probes.processes sets them).
 ALIVE = "alive"

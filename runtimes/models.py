@@ -22,6 +22,12 @@ class RuntimeClass(models.TextChoices):
     COMPLETED_BY_CONTROLLER = "completed-by-controller", "completed-by-controller"
     NO_WORKER_EXPECTED = "no-worker-expected", "no-worker-expected"
     UNKNOWN = "unknown", "unknown"
+    # Live classes refined by what a worker reports itself (hooks, notify, output): still alive.
+    WAITING_INPUT = "waiting-input", "waiting-input"
+    USAGE_LIMITED = "usage-limited", "usage-limited"
+    STALLED = "stalled", "stalled"
+    # A usage-limited run that was relaunched (its successor has resumed_from pointing here).
+    RESUMED = "resumed", "resumed"
 
 
 # Groups of classes, used by filters, the reconciler and the admin.
@@ -31,12 +37,18 @@ LIVE_CLASSES = (
     RuntimeClass.PROCESS_LIVE,
     RuntimeClass.WEBSOCKET_ACTIVE,
     RuntimeClass.WEBSOCKET_IDLE,
+    RuntimeClass.WAITING_INPUT,
+    RuntimeClass.USAGE_LIMITED,
+    RuntimeClass.STALLED,
 )
+# Live classes that only a worker's own report (or the absence of progress) can set.
+SELF_REPORTED_CLASSES = (RuntimeClass.WAITING_INPUT, RuntimeClass.USAGE_LIMITED, RuntimeClass.STALLED)
 # A runtime in one of these classes is settled: the reconciler never looks at it again.
 FINAL_CLASSES = (
     RuntimeClass.EXITED,
     RuntimeClass.KILLED_BY_CONTROLLER,
     RuntimeClass.COMPLETED_BY_CONTROLLER,
+    RuntimeClass.RESUMED,
 )
 ENDED_CLASSES = (*FINAL_CLASSES, RuntimeClass.TMUX_MISSING, RuntimeClass.PROCESS_DEAD)
 MISSING_CLASSES = (RuntimeClass.TMUX_MISSING, RuntimeClass.PROCESS_DEAD)
@@ -74,6 +86,14 @@ class Reason(models.TextChoices):
     AUTH_ERROR = "auth-error", "auth error"
     UNSUPPORTED_MODEL = "unsupported-model", "unsupported model"
     RATE_LIMITED = "rate-limited", "rate limited"
+    # Self-reported live states (hooks, notify, output growth).
+    PERMISSION_PROMPT = "permission-prompt", "waiting for permission"
+    ELICITATION = "elicitation-dialog", "waiting for an answer"
+    IDLE_PROMPT = "idle-prompt", "waiting for the next prompt"
+    USAGE_LIMIT = "usage-limit", "usage limit"
+    NO_PROGRESS = "no-progress", "no progress"
+    WORKING = "working", "working"
+    RESUMED = "resumed", "resumed"
     OVERLOADED = "overloaded", "overloaded"
     BILLING_ERROR = "billing-error", "billing error"
     EXECUTION_ERROR = "execution-error", "error during execution"
@@ -161,6 +181,9 @@ class Runtime(models.Model):
     class_reason = models.CharField(max_length=32, choices=Reason, default=Reason.LAUNCHED)
     class_message = models.TextField(blank=True)
     class_changed_at = models.DateTimeField(default=timezone.now)
+    resumes_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a usage-limited run's limit resets (the worker host's time, in UTC)."
+    )
     controller_action = models.CharField(max_length=10, choices=ControllerAction, default=ControllerAction.NONE)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -199,7 +222,9 @@ class Runtime(models.Model):
             models.Index(
                 fields=["host", "runtime_class"],
                 name="runtime_active_host_idx",
-                condition=~Q(runtime_class__in=["exited", "killed-by-controller", "completed-by-controller"]),
+                condition=~Q(
+                    runtime_class__in=["exited", "killed-by-controller", "completed-by-controller", "resumed"]
+                ),
             ),
             # The changelist's runtime_class filter, newest first.
             models.Index(fields=["runtime_class", "-started_at"], name="runtime_class_recent_idx"),
@@ -248,6 +273,9 @@ class LivenessEvent(models.Model):
         HARVEST = "harvest", "harvest"
         HEARTBEAT = "heartbeat", "heartbeat"
         IMPORT = "import", "import"
+        HOOK = "hook", "hook"
+        API = "api", "api"
+        WATCHER = "watcher", "watcher"
 
     runtime = models.ForeignKey(Runtime, on_delete=models.CASCADE, related_name="events")
     at = models.DateTimeField(default=timezone.now)

@@ -63,4 +63,4 @@ def test_admin_pages_send_the_security_headers(client):
 
 def test_the_local_run_command_binds_to_loopback_only():
     script = (ROOT / "scripts" / "run-local").read_text()
-    assert "runserver \"127.0.0.1:${port}\"" in script
+    assert 'runserver "127.0.0.1:${port}"' in script

@@ -23,7 +23,8 @@ def launch_with_old_wrapper(tmux, tmux_socket, fake_bin, tmp_path, session, mode
     pid = start_session(tmux, session, sys.executable, str(old_wrapper), "--stdin", str(prompt), "--stdout", str(log),
                         "--", *cli)  # fmt: skip
     return make_runtime(handle=f"tmux:{session}", tmux_socket=tmux_socket, tmux_target=session, pid=pid,
-                        provider="claude", model=model, output_path=str(log), runtime_class=RuntimeClass.TMUX_LIVE)  # fmt: skip
+                        provider="claude", model=model, output_path=str(log),
+                        runtime_class=RuntimeClass.TMUX_LIVE)  # fmt: skip
 
 
 def test_a_worker_launched_before_the_move_is_harvested_and_stopped_after_it(tmux, tmux_socket, fake_bin, tmp_path):

@@ -197,5 +197,30 @@ class Verdict(models.Model):
         return self.gate == self.Gate.VALIDATOR and self.outcome in self.CLOSING_OUTCOMES
 
 
+class Comment(models.Model):
+    """A note on a ticket from the controller, a validator or a person (the activity feed)."""
+
+    class Kind(models.TextChoices):
+        CONTROLLER = "controller", "Controller"
+        VALIDATOR = "validator", "Validator"
+        HUMAN = "human", "Human"
+
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="comments")
+    kind = models.CharField(max_length=12, choices=Kind)
+    author = models.CharField(max_length=100, blank=True)
+    body = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("-created_at", "-pk")
+        indexes = [
+            # The ticket page's activity feed: this ticket's comments, newest first.
+            models.Index(fields=["ticket", "-created_at"], name="comment_ticket_recent_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.kind} comment #{self.pk}"
+
+
 def user_may_close_as_validator(user):
     return bool(user and user.is_active and user.has_perm("tickets.close_as_validator"))
