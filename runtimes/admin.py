@@ -119,6 +119,15 @@ MACHINE_WRITTEN = (
     "class_changed_at",
     "controller_action",
     "created_at",
+    "resumes_at",
+    "turns",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "agent_session_id",
+    "resumed_from",
+    "resume_count",
 )
 
 
@@ -132,6 +141,7 @@ class RuntimeAdmin(admin.ModelAdmin):
         "exit_outcome",
         "host",
         "provider_model",
+        "cost_usd",
         "last_activity",
         "attention_marker",
     )
@@ -160,6 +170,22 @@ class RuntimeAdmin(admin.ModelAdmin):
                     "exit_code",
                     "exit_signal",
                     "controller_action",
+                    "resumes_at",
+                )
+            },
+        ),
+        (
+            "Usage (from the output)",
+            {
+                "fields": (
+                    "turns",
+                    "input_tokens",
+                    "output_tokens",
+                    "cached_tokens",
+                    "cost_usd",
+                    "agent_session_id",
+                    "resumed_from",
+                    "resume_count",
                 )
             },
         ),

@@ -92,11 +92,22 @@ def apply(transitions, now, host):
                 setattr(runtime, name, value)
             if t.to_class in (RuntimeClass.EXITED, RuntimeClass.KILLED_BY_CONTROLLER) and runtime.ended_at is None:
                 runtime.ended_at = now
-        Runtime.objects.bulk_update([t.runtime for t in accepted], RUNTIME_FIELDS, batch_size=500)
+        _update_rows(accepted)
         LivenessEvent.objects.bulk_create(events, batch_size=500)
         _record_verdicts(accepted, now)
         _apply_ticket_effects(accepted, now)
     return accepted
+
+
+def _update_rows(accepted):
+    """Bulk-update the rows, grouped by which further fields their transitions set (so a row
+    loaded with only some fields is never asked for one it did not load)."""
+    groups = {}
+    for t in accepted:
+        extra = tuple(sorted(name for name in t.updates if name not in RUNTIME_FIELDS))
+        groups.setdefault(extra, []).append(t.runtime)
+    for extra, rows in groups.items():
+        Runtime.objects.bulk_update(rows, (*RUNTIME_FIELDS, *extra), batch_size=500)
 
 
 def _record_verdicts(accepted, now):

@@ -185,6 +185,32 @@ class Runtime(models.Model):
         null=True, blank=True, help_text="When a usage-limited run's limit resets (the worker host's time, in UTC)."
     )
     controller_action = models.CharField(max_length=10, choices=ControllerAction, default=ControllerAction.NONE)
+    # What the run used, read from its output at harvest (null = unknown, never a guessed zero).
+    turns = models.PositiveIntegerField(null=True, blank=True)
+    input_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    cached_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="Claude's total_cost_usd, or Codex token usage priced from the profile; blank when unknown.",
+    )
+    agent_session_id = models.CharField(
+        max_length=200, blank=True, help_text="Claude session_id / Codex thread_id: what a resume continues."
+    )
+    resumed_from = models.OneToOneField(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="resumed_by",
+        help_text="The usage-limited run this one continues.",
+    )
+    resume_count = models.PositiveSmallIntegerField(
+        default=0, help_text="How many resumes led to this run (0 for a first run)."
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     objects = RuntimeQuerySet.as_manager()
@@ -232,6 +258,8 @@ class Runtime(models.Model):
             models.Index(fields=["-started_at", "-id"], name="runtime_recent_idx"),
             # A ticket's runtimes (ticket page inline and the ticket changelist's counts).
             models.Index(fields=["ticket", "runtime_class"], name="runtime_ticket_class_idx"),
+            # Spend per profile and day (budgets at launch, the spend admin).
+            models.Index(fields=["profile", "started_at"], name="runtime_profile_spend_idx"),
         ]
 
     def __str__(self):
@@ -337,6 +365,20 @@ class WorkerProfile(models.Model):
     )
     extra_args = models.JSONField(
         default=list, blank=True, help_text='Extra CLI arguments, as a JSON list: ["--flag", "value"].'
+    )
+    # Prices of the profile's model, to cost runs whose CLI reports tokens but no cost (Codex).
+    input_price_per_mtok = models.DecimalField(
+        max_digits=10, decimal_places=4, null=True, blank=True, help_text="USD per million input tokens."
+    )
+    cached_input_price_per_mtok = models.DecimalField(
+        max_digits=10,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="USD per million cached input tokens (blank: priced as input).",
+    )
+    output_price_per_mtok = models.DecimalField(
+        max_digits=10, decimal_places=4, null=True, blank=True, help_text="USD per million output tokens."
     )
     enabled = models.BooleanField(default=True)
 

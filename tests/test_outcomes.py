@@ -1,12 +1,13 @@
 """Outcome classification over a corpus written from the documented output shapes."""
 
 import json
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtimes.runs.outcomes import classify_claude, classify_codex
+from runtimes.runs.outcomes import Usage, classify_claude, classify_codex, price
 from tickets.verdicts import parse_verdict
 
 
@@ -233,3 +234,46 @@ def test_status_codes_in_error_text_count_only_as_whole_numbers(text, reason):
     from runtimes.runs.outcomes import error_reason
 
     assert error_reason(text) == reason
+
+
+def test_claude_usage_counts_cache_writes_as_input_and_cache_reads_as_cached():
+    result = claude_result(result="ok", session_id="s-9", total_cost_usd=0.0123)
+    result["usage"] = {"input_tokens": 10, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 400,
+                       "output_tokens": 20}  # fmt: skip
+    usage = classify_claude(json.dumps(result)).usage
+    assert (usage.input_tokens, usage.cached_tokens, usage.output_tokens) == (15, 400, 20)
+    assert (usage.cost_usd, usage.session_id) == (Decimal("0.012300"), "s-9")
+
+
+def test_claude_cost_missing_or_garbage_is_unknown_not_zero():
+    for cost in (None, "0.5", True, -1, float("inf")):
+        result = claude_result(result="ok")
+        result["total_cost_usd"] = cost
+        assert classify_claude(json.dumps(result)).cost_usd is None
+
+
+def test_a_claude_stream_cut_off_before_its_result_still_keeps_the_session_id():
+    init = {"type": "system", "subtype": "init", "session_id": "s-cut"}
+    outcome = classify_claude(json.dumps(init) + "\n")
+    assert (outcome.reason, outcome.usage.session_id) == ("interrupted", "s-cut")
+
+
+def test_codex_usage_sums_every_completed_turn_and_keeps_the_thread_id():
+    output = codex(
+        {"type": "thread.started", "thread_id": "th-7"},
+        {"type": "turn.completed", "usage": {"input_tokens": 100, "cached_input_tokens": 60, "output_tokens": 7}},
+        {"type": "turn.completed", "usage": {"input_tokens": 50, "cached_input_tokens": 0, "output_tokens": 3}},
+    )
+    usage = classify_codex(output).usage
+    assert (usage.turns, usage.input_tokens, usage.cached_tokens, usage.output_tokens) == (2, 150, 60, 10)
+    assert (usage.cost_usd, usage.session_id) == (None, "th-7")
+
+
+def test_price_charges_cached_input_at_its_own_price_and_unknown_prices_leave_the_cost_unknown():
+    usage = Usage(input_tokens=1_200_000, cached_tokens=1_000_000, output_tokens=100_000)
+    priced = price(usage, Decimal("1.25"), Decimal("0.125"), Decimal("10"))
+    # 200k input at 1.25 + 1M cached at 0.125 + 100k output at 10 (USD per million tokens).
+    assert priced.cost_usd == Decimal("1.375000")
+    assert price(usage, Decimal("1.25"), None, Decimal("10")).cost_usd == Decimal("2.500000")
+    assert price(usage, None, None, Decimal("10")).cost_usd is None
+    assert price(Usage(), Decimal(1), Decimal(1), Decimal(1)).cost_usd is None

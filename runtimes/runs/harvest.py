@@ -5,7 +5,7 @@ import os
 from runtimes import liveness, observe
 from runtimes.ledger import Transition
 from runtimes.ledger import apply as apply_transitions
-from runtimes.models import ExitOutcome, Provider, RuntimeClass
+from runtimes.models import ExitOutcome, Provider, RuntimeClass, WorkerProfile
 from runtimes.runs import outcomes
 
 # The result line is at the end of the log; a huge log is read from its tail.
@@ -44,6 +44,30 @@ def has_final_result(outcome):
     return outcome.reason not in ("unparseable-output", "interrupted")
 
 
+def usage_updates(runtime, usage):
+    """The Runtime fields a run's usage sets. A Codex run (tokens, no cost) is priced from its
+    profile's per-million-token prices; no prices means the cost stays unknown. Queries the
+    profile only for such a run."""
+    if usage.cost_usd is None and usage.input_tokens is not None and runtime.profile:
+        prices = (
+            WorkerProfile.objects.filter(name=runtime.profile)
+            .values_list("input_price_per_mtok", "cached_input_price_per_mtok", "output_price_per_mtok")
+            .first()
+        )
+        if prices:
+            usage = outcomes.price(usage, *prices)
+    updates = {
+        "turns": usage.turns,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "cost_usd": usage.cost_usd,
+    }
+    if usage.session_id:
+        updates["agent_session_id"] = usage.session_id
+    return updates
+
+
 def exit_transition(runtime, source, exit_code=None, exit_signal=None, pane_message="", observed=None, outcome=None):
     """The transition to `exited`, with the run's outcome (read from its log unless given)."""
     outcome = outcome or outcome_of(runtime, exit_code, exit_signal)
@@ -57,7 +81,12 @@ def exit_transition(runtime, source, exit_code=None, exit_signal=None, pane_mess
         message=message,
         source=source,
         observed=facts,
-        updates={"exit_code": exit_code, "exit_signal": exit_signal, "exit_outcome": outcome.exit_outcome},
+        updates={
+            "exit_code": exit_code,
+            "exit_signal": exit_signal,
+            "exit_outcome": outcome.exit_outcome,
+            **usage_updates(runtime, outcome.usage),
+        },
         verdict=outcome.verdict,
         verdict_summary=outcome.final_text,
     )

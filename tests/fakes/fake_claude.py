@@ -7,6 +7,7 @@ The behaviour is chosen by the model name (so it works under tmux, whatever the 
   claude-not-logged-in  "Not logged in · Please run /login"
   claude-max-turns      error_max_turns after some work
   claude-*-crash        starts streaming, then dies by SIGKILL with no result
+  claude-cost-X.YZ      success costing X.YZ USD (total_cost_usd)
   anything else         success, with the final text from FAKE_RESULT or "DONE — patch written"
 Every call is appended to calls.jsonl beside this file (argv and stdin, exact).
 """
@@ -28,6 +29,8 @@ with open(Path(__file__).with_name("calls.jsonl"), "a") as calls:
     calls.write(json.dumps({"argv": sys.argv, "stdin": stdin.decode("utf-8", "surrogateescape")}) + "\n")
 
 model = args[args.index("--model") + 1] if "--model" in args else "default"
+# A resumed run keeps its session id, as the real CLI does.
+SESSION = args[args.index("--resume") + 1] if "--resume" in args else "0b7f3a52-sess-1"
 stream = "stream-json" in args
 if stream and "--verbose" not in args:
     print("Error: When using --print, --output-format=stream-json requires --verbose", file=sys.stderr)
@@ -46,9 +49,15 @@ def result(subtype, is_error, text=None, **extra):
         "duration_ms": 1200,
         "duration_api_ms": 900,
         "num_turns": extra.pop("num_turns", 3),
-        "session_id": "sess-1",
-        "total_cost_usd": 0.0123,
-        "usage": {"input_tokens": 10, "output_tokens": 20},
+        "session_id": SESSION,
+        "total_cost_usd": float(model.removeprefix("claude-cost-")) if model.startswith("claude-cost-") else 0.0123,
+        "usage": {
+            "input_tokens": 10,
+            "cache_creation_input_tokens": 5,
+            "cache_read_input_tokens": 400,
+            "output_tokens": 20,
+            "service_tier": "standard",
+        },
         "stop_reason": "end_turn",
         **extra,
     }
@@ -64,7 +73,7 @@ if stream:
         {
             "type": "system",
             "subtype": "init",
-            "session_id": "sess-1",
+            "session_id": SESSION,
             "model": model,
             "apiKeySource": "none",
             "claude_code_version": "2.1.240",

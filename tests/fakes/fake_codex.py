@@ -45,7 +45,9 @@ model = args[args.index("-m") + 1] if "-m" in args else "gpt-5.5"
 if mode == "none":
     print("Not logged in", file=sys.stderr)
     sys.exit(1)
-emit({"type": "thread.started", "thread_id": "th-1"})
+# `exec … resume <thread_id> -` continues that thread, as the real CLI does.
+thread = args[args.index("resume") + 1] if "resume" in args else "019a6c1e-th-1"
+emit({"type": "thread.started", "thread_id": thread})
 emit({"type": "turn.started"})
 if model == "gpt-hang":
     time.sleep(600)
@@ -56,5 +58,7 @@ if mode == "chatgpt" and model in ("codex-mini-latest", "gpt-5.3-codex", "o4-min
     emit({"type": "turn.failed", "error": {"message": json.dumps(body)}})
     sys.exit(1)
 emit({"type": "item.completed", "item": {"id": "item_0", "type": "agent_message", "text": "DONE — implemented"}})
-emit({"type": "turn.completed", "usage": {"input_tokens": 50, "cached_input_tokens": 0, "output_tokens": 12}})
+usage = {"input_tokens": 1_200_000, "cached_input_tokens": 1_000_000, "cache_write_input_tokens": 0,
+         "output_tokens": 100_000, "reasoning_output_tokens": 40_000}  # fmt: skip
+emit({"type": "turn.completed", "usage": usage})
 sys.exit(0)
