@@ -91,7 +91,7 @@ ROOT_URLCONF = "controlroom.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "controlroom" / "templates"],
+        "DIRS": [BASE_DIR / "controlroom" / "templates", BASE_DIR / "runtimes" / "console" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -99,6 +99,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            "libraries": {"console": "runtimes.console.templatetags.console"},
         },
     },
 ]
@@ -138,6 +139,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+# The console's own files (htmx, vendored from the npm package htmx.org; no CDN at run time).
+STATICFILES_DIRS = [BASE_DIR / "runtimes" / "console" / "static"]
 
 # Security headers; the production values are switched on whenever DEBUG is off.
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -1,12 +1,19 @@
 from django.contrib import admin, messages
-from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ORDER_VAR, ChangeList
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import BooleanField, Case, Value, When
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
+from runtimes.console import humanize
+from runtimes.console import views as console_views
 from runtimes.models import (
     ENDED_CLASSES,
     LIVE_CLASSES,
@@ -33,6 +40,10 @@ BADGE_COLOURS = {
     RuntimeClass.COMPLETED_BY_CONTROLLER: "#2b6cb0",
     RuntimeClass.NO_WORKER_EXPECTED: "#718096",
     RuntimeClass.UNKNOWN: "#9c4221",
+    RuntimeClass.WAITING_INPUT: "#b7791f",
+    RuntimeClass.USAGE_LIMITED: "#6b46c1",
+    RuntimeClass.STALLED: "#c05621",
+    RuntimeClass.RESUMED: "#4a5568",
 }
 
 
@@ -80,6 +91,16 @@ class NeedsAttentionFilter(admin.SimpleListFilter):
         if self.value() == "no":
             return queryset.exclude(pk__in=queryset.needs_attention().values("pk"))
         return queryset
+
+
+class AttentionFirstChangeList(ChangeList):
+    """A changelist that, unless a column is clicked, sorts by its admin's `attention_ordering`
+    (which names annotations, so it cannot be ModelAdmin.ordering: forms order by that too)."""
+
+    def get_ordering(self, request, queryset):
+        if ORDER_VAR in self.params:
+            return super().get_ordering(request, queryset)
+        return list(self.model_admin.attention_ordering)
 
 
 def with_attention(queryset, now=None):
@@ -131,19 +152,25 @@ MACHINE_WRITTEN = (
 )
 
 
+# What the controller views and the changelist actions do: (service, verb, past tense, button).
+CONTROLLER_ACTIONS = {
+    "stop": (controller.stop_runtime, "Stop", "Stopped", "Yes, stop it"),
+    "recover": (controller.recover_runtime, "Recover", "Recovered", "Yes, mark it completed"),
+}
+
+
 @admin.register(Runtime)
 class RuntimeAdmin(admin.ModelAdmin):
     list_display = (
         "handle",
         "ticket_key",
-        "kind",
         "badge",
-        "exit_outcome",
+        "reason_words",
+        "since",
         "host",
         "provider_model",
         "cost_usd",
         "last_activity",
-        "attention_marker",
     )
     list_filter = (RuntimeClassFilter, NeedsAttentionFilter, "kind", "provider", "host", "exit_outcome")
     list_select_related = ("ticket",)
@@ -154,6 +181,7 @@ class RuntimeAdmin(admin.ModelAdmin):
     actions = ("stop_workers", "recover_workers")
     show_full_result_count = False
     list_per_page = 50
+    change_form_template = "admin/runtimes/runtime/change_form.html"
     fieldsets = (
         (None, {"fields": ("ticket", "kind", "handle", "host", "provider", "model", "profile", "cwd")}),
         ("Where it runs", {"fields": ("tmux_socket", "tmux_target", "pid", "pid_create_time", "output_path")}),
@@ -191,8 +219,14 @@ class RuntimeAdmin(admin.ModelAdmin):
         ),
     )
 
+    # Attention first, then newest (`attention` is annotated by get_queryset).
+    attention_ordering = ("-attention", "-started_at", "-pk")
+
     def get_queryset(self, request):
         return with_attention(super().get_queryset(request))
+
+    def get_changelist(self, request, **kwargs):
+        return AttentionFirstChangeList
 
     @admin.display(description="ticket", ordering="ticket__key")
     def ticket_key(self, runtime):
@@ -200,7 +234,22 @@ class RuntimeAdmin(admin.ModelAdmin):
 
     @admin.display(description="class", ordering="runtime_class")
     def badge(self, runtime):
+        if runtime.exit_outcome:
+            return format_html("{} {}", class_badge(runtime.runtime_class), runtime.exit_outcome)
         return class_badge(runtime.runtime_class)
+
+    @admin.display(description="reason", ordering="class_reason")
+    def reason_words(self, runtime):
+        words = runtime.get_class_reason_display()
+        if getattr(runtime, "attention", False):
+            return format_html(
+                '<strong style="color:#c53030" title="needs attention: {}">⚠ {}</strong>', runtime.class_message, words
+            )
+        return format_html('<span title="{}">{}</span>', runtime.class_message, words)
+
+    @admin.display(description="since", ordering="class_changed_at")
+    def since(self, runtime):
+        return humanize.when(runtime.class_changed_at)
 
     @admin.display(description="provider / model", ordering="provider")
     def provider_model(self, runtime):
@@ -208,24 +257,80 @@ class RuntimeAdmin(admin.ModelAdmin):
 
     @admin.display(description="last activity", ordering="last_activity_at")
     def last_activity(self, runtime):
-        moment = runtime.last_activity_at or runtime.last_seen_at
-        return naturaltime(moment) if moment else "—"
+        return humanize.when(runtime.last_activity_at or runtime.last_seen_at)
 
-    @admin.display(description="attention", boolean=False, ordering="attention")
-    def attention_marker(self, runtime):
-        if getattr(runtime, "attention", False):
-            return format_html(
-                '<strong style="color:#c53030" title="{}">⚠ needs attention</strong>', runtime.class_message
-            )
-        return ""
-
-    @admin.action(description="Stop worker (controller kill)", permissions=("change",))
+    @admin.action(description="Stop worker (controller kill)…", permissions=("change",))
     def stop_workers(self, request, queryset):
-        self._act(request, queryset, controller.stop_runtime, "Stopped")
+        return self._confirm_or_act(request, queryset, "stop", "stop_workers")
 
     @admin.action(description="Mark work completed by the controller (recover)", permissions=("change",))
     def recover_workers(self, request, queryset):
         self._act(request, queryset, controller.recover_runtime, "Recovered")
+
+    def _confirm_or_act(self, request, queryset, action, action_name):
+        """Like Django's delete: first an intermediate page that names the runtimes, then the act."""
+        service, _, past, _ = CONTROLLER_ACTIONS[action]
+        if request.POST.get("post") == "yes":
+            self._act(request, queryset, service, past)
+            return None
+        return self._confirmation(request, list(queryset.select_related("ticket")), action, action_name)
+
+    def _confirmation(self, request, runtimes, action, action_name=""):
+        _, verb, _, button = CONTROLLER_ACTIONS[action]
+        title = f"{verb} {runtimes[0].handle}?" if len(runtimes) == 1 else f"{verb} {len(runtimes)} runtimes?"
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.opts,
+            "runtimes": runtimes,
+            "action": action,
+            "action_name": action_name,
+            "button": button,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/runtimes/runtime/controller_confirmation.html", context)
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/stop/",
+                self.admin_site.admin_view(self.controller_view),
+                {"action": "stop"},
+                name="runtimes_runtime_stop",
+            ),
+            path(
+                "<path:object_id>/recover/",
+                self.admin_site.admin_view(self.controller_view),
+                {"action": "recover"},
+                name="runtimes_runtime_recover",
+            ),
+            *super().get_urls(),
+        ]
+
+    def controller_view(self, request, object_id, action):
+        """GET: "Stop this worker?" with what it is; POST: do it, back to the runtime's page."""
+        runtime = self.get_object(request, unquote(object_id))
+        if runtime is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_change_permission(request, runtime):
+            raise PermissionDenied
+        if request.method == "POST":
+            service, _, past, _ = CONTROLLER_ACTIONS[action]
+            self._act(request, Runtime.objects.filter(pk=runtime.pk), service, past)
+            return HttpResponseRedirect(reverse("admin:runtimes_runtime_change", args=[runtime.pk]))
+        return self._confirmation(request, [runtime], action)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """Read-first: the live state, timeline, output and attach command above the form."""
+        runtime = self.get_object(request, unquote(object_id))
+        if runtime is not None and self.has_view_or_change_permission(request, runtime):
+            now = timezone.now()
+            extra_context = {
+                **(extra_context or {}),
+                **console_views.runtime_live_context(request, runtime, now),
+                "live": True,
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def _act(self, request, queryset, action, verb):
         changed, failures = 0, []

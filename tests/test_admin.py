@@ -99,7 +99,7 @@ def test_runtime_class_filter_selects_each_class_through_the_changelist(admin_cl
 
 
 def test_needs_attention_filter_ignores_tickets_that_expect_no_worker(admin_client):
-    missing = make_runtime(runtime_class=RuntimeClass.TMUX_MISSING)
+    missing = make_runtime(runtime_class=RuntimeClass.TMUX_MISSING, class_reason="session-missing")
     make_runtime(runtime_class=RuntimeClass.TMUX_MISSING, ticket=make_ticket(kind=Ticket.Kind.UMBRELLA))
     make_runtime(runtime_class=RuntimeClass.TMUX_MISSING, ticket=make_ticket(state=Ticket.State.WAITING))
     failed = make_runtime(runtime_class=RuntimeClass.EXITED, exit_outcome=ExitOutcome.FAILED)
@@ -112,7 +112,8 @@ def test_needs_attention_filter_ignores_tickets_that_expect_no_worker(admin_clie
     assert handles_in(admin_client.get(url, {"attention": "yes"})) == expected
     assert handles_in(admin_client.get(url, {"runtime_class": "attention"})) == expected
     page = admin_client.get(url).content.decode()
-    assert page.count("⚠ needs attention") == 3
+    assert page.count('title="needs attention: ') == 3
+    assert "⚠ session missing" in page  # the reason, in words
 
 
 def test_admin_index_counts_runtimes_per_class_and_attention(admin_client):

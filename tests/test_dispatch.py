@@ -270,9 +270,13 @@ def test_reap_stops_workers_of_closed_tickets_and_orphan_sessions(tmux, tmux_soc
 def test_stop_action_in_the_admin_reports_how_many_changed(admin_client, tmux, tmux_socket):
     start_session(tmux, "cr-mc-4-dd", "sleep", "60")
     runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-4-dd", runtime_class="tmux-live")
+    asked = admin_client.post("/admin/runtimes/runtime/", {"action": "stop_workers", "_selected_action": [runtime.pk]})
+    assert "Yes, stop it" in asked.content.decode()  # the confirmation page; nothing stopped yet
+    runtime.refresh_from_db()
+    assert runtime.runtime_class == "tmux-live"
     response = admin_client.post(
         "/admin/runtimes/runtime/",
-        {"action": "stop_workers", "_selected_action": [runtime.pk]},
+        {"action": "stop_workers", "_selected_action": [runtime.pk], "post": "yes"},
         follow=True,
     )
     assert "Stopped 1 runtime(s)." in response.content.decode()

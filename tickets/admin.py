@@ -1,10 +1,13 @@
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html
 
+from runtimes.admin import AttentionFirstChangeList
+from runtimes.console import board, humanize
 from runtimes.models import LIVE_CLASSES, Runtime
 from tickets.models import Ticket, Verdict, user_may_close_as_validator
 
@@ -101,13 +104,14 @@ class FailureBannerFilter(admin.SimpleListFilter):
 @admin.register(Ticket)
 class TicketAdmin(admin.ModelAdmin):
     form = TicketForm
-    list_display = ("key", "title", "state", "kind", "owner", "banner_column", "live_runtimes", "attention_runtimes")
+    list_display = ("key", "title", "state", "owner", "banner_column", "live_runtimes", "attention_runtimes", "updated")
     list_filter = ("state", "kind", FailureBannerFilter, "priority")
     search_fields = ("key", "title", "owner")
     readonly_fields = ("banner_display", "closed_at", "closed_by", "created_at", "updated_at")
     raw_id_fields = ("parent",)
     inlines = (VerdictInline, RuntimeInline)
     show_full_result_count = False
+    change_form_template = "admin/tickets/ticket/change_form.html"
     fieldsets = (
         (
             None,
@@ -132,10 +136,23 @@ class TicketAdmin(admin.ModelAdmin):
         form = super().get_form(request, obj, **kwargs)
         return type("TicketFormForUser", (form,), {"user": request.user})
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """Read-first: the ticket's activity feed (comments, verdicts, ledger) above the form."""
+        ticket = self.get_object(request, unquote(object_id))
+        if ticket is not None and self.has_view_or_change_permission(request, ticket):
+            extra_context = {**(extra_context or {}), "activity": board.ticket_activity(ticket), "now": timezone.now()}
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def save_model(self, request, obj, form, change):
         if "state" in form.changed_data and obj.state == Ticket.State.DONE:
             obj.closed_by = request.user.get_username()
         super().save_model(request, obj, form, change)
+
+    # Tickets with runtimes needing attention first, then the most recently updated.
+    attention_ordering = ("-attention_count", "-updated_at", "-pk")
+
+    def get_changelist(self, request, **kwargs):
+        return AttentionFirstChangeList
 
     def get_queryset(self, request):
         """Counts as correlated subqueries: the database computes them only for the shown page."""
@@ -153,7 +170,14 @@ class TicketAdmin(admin.ModelAdmin):
 
     @admin.display(description="failure banner")
     def banner_column(self, ticket):
-        return banner(ticket.failure_reason) if ticket.failure_reason else ""
+        if not ticket.failure_reason:
+            return ""
+        text = ticket.failure_reason
+        return banner(text if len(text) <= 120 else text[:119] + "…")
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, ticket):
+        return humanize.when(ticket.updated_at)
 
     @admin.display(description="failure banner")
     def banner_display(self, ticket):

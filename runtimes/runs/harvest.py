@@ -12,13 +12,13 @@ from runtimes.runs import outcomes
 READ_LIMIT = 8 * 1024 * 1024
 
 
-def read_output(path):
-    """The tail of an output log as bytes: the one place that reads an output log. Raises OSError."""
+def read_output(path, limit=READ_LIMIT):
+    """The last `limit` bytes of an output log: the one place that reads an output log. Raises OSError."""
     with open(path, "rb") as log:
         log.seek(0, os.SEEK_END)
         size = log.tell()
-        log.seek(max(size - READ_LIMIT, 0))
-        return log.read()
+        log.seek(max(size - limit, 0))
+        return log.read(limit)
 
 
 def outcome_of(runtime, exit_code=None, exit_signal=None):

@@ -1,0 +1,1 @@
+"""The operator console: live pages over the ledger (views, partial templates, htmx)."""
