@@ -3,6 +3,7 @@
 
 import sys
 from datetime import timedelta
+from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
@@ -167,6 +168,26 @@ def test_failures_today_count_runs_that_failed_since_midnight_once_each():
         at=board.start_of_day(now) - timedelta(minutes=1),
     )  # fmt: skip
     assert board.failures_today(now) == 2
+
+
+def test_spend_today_sums_known_costs_of_runs_ended_today_and_is_unknown_without_any():
+    now = timezone.now()
+    assert board.spend_today(now) is None
+    make_runtime(runtime_class=RuntimeClass.EXITED, ended_at=now, cost_usd=None)
+    assert board.spend_today(now) is None  # a run that reports no cost is unknown, not free
+    make_runtime(runtime_class=RuntimeClass.EXITED, ended_at=now, cost_usd=Decimal("1.25"))
+    make_runtime(runtime_class=RuntimeClass.EXITED, ended_at=now, cost_usd=Decimal("0.50"))
+    make_runtime(runtime_class=RuntimeClass.EXITED, ended_at=board.start_of_day(now) - timedelta(seconds=1),
+                 cost_usd=Decimal("9"))  # fmt: skip
+    assert board.spend_today(now) == Decimal("1.75")
+
+
+def test_the_runtime_page_shows_turns_tokens_and_cost_where_known(client):
+    login_as(client, "viewers")
+    runtime = make_runtime(runtime_class=RuntimeClass.EXITED, turns=7, output_tokens=1234, cost_usd=Decimal("0.42"))
+    page = client.get(reverse("console:runtime-live", args=[runtime.pk])).content.decode()
+    assert "turns" in page and ">7<" in page and "1234" in page and "0.42" in page
+    assert "cached tokens" not in page  # unknown figures are left out
 
 
 # --- the runtime page ------------------------------------------------------------------------------

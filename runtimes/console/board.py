@@ -209,9 +209,8 @@ def failures_today(now):
 
 
 def spend_today(now):
-    """The cost of runs that ended since local midnight, or None while runs report no cost (one query)."""
-    if not any(f.name == "cost_usd" for f in Runtime._meta.get_fields()):
-        return None
+    """The cost of runs that ended since local midnight, or None when none of them reports a cost
+    (unknown is not zero). One query."""
     rows = Runtime.objects.filter(ended_at__gte=start_of_day(now), cost_usd__isnull=False)
     return rows.aggregate(total=Sum("cost_usd"))["total"]
 
