@@ -187,7 +187,17 @@ CONTROLROOM = {
     "CODEX_CHATGPT_SUGGESTED": env_list("CONTROLROOM_CODEX_CHATGPT_SUGGESTED", ["gpt-5.5", "gpt-5.4", "gpt-5.4-mini"]),
     # Longest text taken from worker output into the ledger, a banner or a message.
     "MAX_MESSAGE_CHARS": env_number("CONTROLROOM_MAX_MESSAGE_CHARS", 2000, int, 80),
+    # Notifications (runtimes/notify): Apprise URLs from the environment (secrets: never logged).
+    "NOTIFY_URLS": env_list("CONTROLROOM_NOTIFY_URLS", []),
+    "NOTIFY_QUIET": env_number("CONTROLROOM_NOTIFY_QUIET", 120.0),
+    "NOTIFY_DIGEST_OVER": env_number("CONTROLROOM_NOTIFY_DIGEST_OVER", 5, int, 1),
+    "NOTIFY_ATTEMPTS": env_number("CONTROLROOM_NOTIFY_ATTEMPTS", 5, int, 1),
+    "PUBLIC_URL": os.environ.get("CONTROLROOM_PUBLIC_URL", "").strip().rstrip("/"),
 }
+if CONTROLROOM["PUBLIC_URL"] and not CONTROLROOM["PUBLIC_URL"].startswith(("http://", "https://")):
+    raise ImproperlyConfigured(
+        f"CONTROLROOM_PUBLIC_URL={CONTROLROOM['PUBLIC_URL']!r} must start with http:// or https://."
+    )
 
 # django-q2: the ORM broker by default, Redis when REDIS_URL is set. One cluster per worker host,
 # named after the host, so each host's schedule runs on that host only.
@@ -215,7 +225,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "null": {"class": "logging.NullHandler"},
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django": {"level": "INFO"}},
+    # Apprise's lines can carry channel tokens: delivery errors are recorded, redacted, instead.
+    "loggers": {"django": {"level": "INFO"}, "apprise": {"handlers": ["null"], "propagate": False}},
 }

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from runtimes.models import ExitOutcome, LivenessEvent, Reason, Runtime, RuntimeClass
+from runtimes.notify import service as notify
 from runtimes.text import safe_text
 from tickets.models import Ticket, Verdict
 
@@ -96,6 +97,9 @@ def apply(transitions, now, host):
         LivenessEvent.objects.bulk_create(events, batch_size=500)
         _record_verdicts(accepted, now)
         _apply_ticket_effects(accepted, now)
+        # Notifications leave only once this transaction has committed, and never fail it.
+        changed = [t.runtime.pk for t in accepted]
+        transaction.on_commit(lambda: notify.after_transitions(changed, now), robust=True)
     return accepted
 
 

@@ -431,3 +431,7 @@ class ModelSmokeResult(models.Model):
 
     def __str__(self):
         return f"{self.provider}/{self.model} {self.reason} #{self.pk}"
+
+
+# Notification rows live beside their logic in runtimes/notify/.
+from runtimes.notify.models import AttentionEpisode, Delivery, NotificationChannel  # noqa: E402, F401

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from runtimes import ledger, liveness, observe
 from runtimes.models import LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
+from runtimes.notify import service as notify
 from runtimes.runs import harvest
 from tickets.models import Ticket
 
@@ -140,6 +141,9 @@ def reconcile(host=None, now=None):
     summary.transitions = len(written)
     if seen_alive:
         Runtime.objects.filter(pk__in=seen_alive).update(last_seen_at=now)
+
+    # Outside the ledger's transaction: episodes that time or tickets changed, retries due.
+    notify.after_pass(now)
 
     summary.counts = dict(
         Runtime.objects.active().on_host(host).values_list("runtime_class").annotate(n=Count("pk")).order_by()
