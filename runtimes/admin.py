@@ -434,3 +434,7 @@ class ModelSmokeResultAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# The notification rooms register their own admin pages.
+from runtimes.notify import admin as notify_admin  # noqa: E402, F401

@@ -135,3 +135,7 @@ def _isolated_run_dir(settings, tmp_path_factory):
 def postgres_url():
     url = os.environ.get("DATABASE_URL", "")
     return url if url.startswith(("postgres://", "postgresql://")) else None
+
+
+# The notification tests' local web-hook receiver and sync task path, as fixtures for every module.
+from tests.notify_helpers import receiver, sync_tasks  # noqa: E402, F401

@@ -2,15 +2,11 @@
 local `json://` receiver (an http.server in a thread), and a closed port as a dead channel."""
 
 import json
-import socket
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import time_machine
 from django.utils import timezone
-from django_q.conf import Conf
 
 from runtimes import ledger
 from runtimes.models import AttentionEpisode, Delivery, LivenessEvent, NotificationChannel, RuntimeClass
@@ -18,69 +14,9 @@ from runtimes.notify import service
 from runtimes.reconcile import reconcile
 from runtimes.runs import controller
 from tests.conftest import make_runtime, make_ticket, start_session, wait_for
+from tests.notify_helpers import closed_port, notify_settings
 
 pytestmark = pytest.mark.django_db
-
-
-class Receiver:
-    """A local web-hook: records every JSON body Apprise posts to it."""
-
-    def __init__(self):
-        self.posts = []
-        received = self.posts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"json://127.0.0.1:{self.server.server_port}/hook"
-
-    def titles(self):
-        return [post["title"] for post in self.posts]
-
-    def kinds(self):
-        return [title.removeprefix("[Control Room] ").split(":")[0] for title in self.titles()]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    server = Receiver()
-    yield server
-    server.close()
-
-
-def closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def sync_tasks(monkeypatch):
-    """django-q2's sync path: async_task runs the task in this process, as a cluster worker would."""
-    monkeypatch.setattr(Conf, "SYNC", True)
-
-
-def notify_settings(settings, *urls, **extra):
-    settings.CONTROLROOM = {
-        **settings.CONTROLROOM,
-        "NOTIFY_URLS": list(urls),
-        "PUBLIC_URL": "https://cr.example",
-        **extra,
-    }
 
 
 def missing_runtime(**fields):

@@ -17,6 +17,9 @@ VIEW = [
     ("runtimes", "view_reconcilerheartbeat"),
     ("runtimes", "view_workerprofile"),
     ("runtimes", "view_modelsmokeresult"),
+    ("runtimes", "view_notificationchannel"),  # shown redacted
+    ("runtimes", "view_attentionepisode"),
+    ("runtimes", "view_delivery"),
 ]
 ROLE_PERMISSIONS = {
     VIEWERS: VIEW,
@@ -29,6 +32,9 @@ ROLE_PERMISSIONS = {
         ("runtimes", "add_workerprofile"),
         ("runtimes", "change_workerprofile"),
         ("runtimes", "delete_workerprofile"),
+        ("runtimes", "add_notificationchannel"),
+        ("runtimes", "change_notificationchannel"),  # and its "send test" action
+        ("runtimes", "delete_notificationchannel"),
     ],
     VALIDATORS: [
         *VIEW,
@@ -40,10 +46,13 @@ ROLE_PERMISSIONS = {
 
 
 def sync_groups(group_model, permission_model):
-    """Create the groups and set exactly their permissions (idempotent)."""
+    """Create the groups and set exactly their permissions (idempotent). A permission whose model a
+    later migration creates is skipped here; that migration syncs the groups again."""
     for name, pairs in ROLE_PERMISSIONS.items():
         group, _ = group_model.objects.get_or_create(name=name)
         permissions = [
-            permission_model.objects.get(content_type__app_label=app, codename=codename) for app, codename in pairs
+            permission
+            for app, codename in pairs
+            for permission in permission_model.objects.filter(content_type__app_label=app, codename=codename)
         ]
         group.permissions.set(permissions)
