@@ -22,6 +22,7 @@ from runtimes.models import (
     ReconcilerHeartbeat,
     Runtime,
     RuntimeClass,
+    WatcherHeartbeat,
     WorkerProfile,
 )
 from runtimes.runs import controller
@@ -411,6 +412,26 @@ class ReconcilerHeartbeatAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(WatcherHeartbeat)
+class WatcherHeartbeatAdmin(admin.ModelAdmin):
+    list_display = ("host", "state", "beat_at", "watched", "pidfds", "polled", "tmux_clients", "transitions",
+                    "last_pass_ms", "started_at")  # fmt: skip
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="watcher")
+    def state(self, obj):
+        if obj.stopped_at:
+            return format_html('<b style="color:{}">stopped</b>', "#c53030")
+        if obj.is_stale():
+            return format_html('<b style="color:{}">silent</b>', "#c53030")
+        return format_html('<b style="color:{}">watching</b>', "#2f855a")
 
 
 @admin.register(WorkerProfile)

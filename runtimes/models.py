@@ -260,6 +260,8 @@ class Runtime(models.Model):
             models.Index(fields=["ticket", "runtime_class"], name="runtime_ticket_class_idx"),
             # Spend per profile and day (budgets at launch, the spend admin).
             models.Index(fields=["profile", "started_at"], name="runtime_profile_spend_idx"),
+            # The watcher's "rows of this host changed since t" query, every second.
+            models.Index(fields=["host", "class_changed_at"], name="runtime_host_changed_idx"),
         ]
 
     def __str__(self):
@@ -344,6 +346,37 @@ class ReconcilerHeartbeat(models.Model):
 
     def __str__(self):
         return self.host
+
+
+class WatcherHeartbeat(models.Model):
+    """The event-driven watcher of each host (`watch_runtimes`): when it last reported, and what it
+    holds. Separate from ReconcilerHeartbeat, so a dead watcher shows while the schedule still runs."""
+
+    host = models.CharField(max_length=255, unique=True)
+    pid = models.PositiveIntegerField(default=0, help_text="The watcher process on its host.")
+    started_at = models.DateTimeField(default=timezone.now)
+    beat_at = models.DateTimeField(default=timezone.now, help_text="Last sign of life (every few seconds).")
+    stopped_at = models.DateTimeField(null=True, blank=True, help_text="Set when it stopped cleanly.")
+    watched = models.PositiveIntegerField(default=0, help_text="Live runtimes it watches.")
+    pidfds = models.PositiveIntegerField(default=0, help_text="Of those, held by a pidfd.")
+    polled = models.PositiveIntegerField(default=0, help_text="Of those, polled (no pidfd: fd limit or none).")
+    tmux_clients = models.PositiveIntegerField(default=0, help_text="tmux control-mode clients (one per socket).")
+    passes = models.PositiveIntegerField(default=0, help_text="Targeted passes since it started.")
+    transitions = models.PositiveIntegerField(default=0, help_text="Ledger rows those passes wrote.")
+    last_pass_at = models.DateTimeField(null=True, blank=True)
+    last_pass_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ("host",)
+
+    def __str__(self):
+        return self.host
+
+    def is_stale(self, now=None):
+        """No beat within CONTROLROOM_WATCH_STALE_AFTER seconds, or stopped."""
+        now = now or timezone.now()
+        stale_after = timedelta(seconds=settings.CONTROLROOM["WATCH_STALE_AFTER"])
+        return self.stopped_at is not None or self.beat_at < now - stale_after
 
 
 class WorkerProfile(models.Model):

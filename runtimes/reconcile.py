@@ -45,9 +45,13 @@ class PassSummary:
     duration_ms: int = 0
     tmux_sockets: int = 0
     error_messages: list = field(default_factory=list)
+    # A targeted pass's runtimes and the class each is in after it (what the watcher re-arms on).
+    classes: dict = field(default_factory=dict, repr=False)
 
     def as_dict(self):
-        return asdict(self)
+        facts = asdict(self)
+        del facts["classes"]
+        return facts
 
     def __str__(self):
         return (
@@ -82,9 +86,12 @@ def with_ticket_expectation(runtimes):
     return runtimes.only(*LOAD_FIELDS).annotate(ticket_expects=expects)
 
 
-def load_active(host):
-    """This host's unsettled runtimes: one query."""
-    return list(with_ticket_expectation(Runtime.objects.active().on_host(host)))
+def load_active(host, only=None):
+    """This host's unsettled runtimes (only those with the ids in `only`, when given): one query."""
+    runtimes = Runtime.objects.active().on_host(host)
+    if only is not None:
+        runtimes = runtimes.filter(pk__in=list(only))
+    return list(with_ticket_expectation(runtimes))
 
 
 def silent_host_transitions(host, now):
@@ -105,15 +112,19 @@ def silent_host_transitions(host, now):
     return [t for t in transitions if t], sorted(silent)
 
 
-def reconcile(host=None, now=None):
-    """Run one pass for `host` (default: this host) and return its summary."""
+def reconcile(host=None, now=None, only=None, source=LivenessEvent.Source.RECONCILER):
+    """Run one pass for `host` (default: this host) and return its summary.
+
+    `only` (runtime ids) makes it a targeted pass, the watcher's: the same load → observe →
+    classify → ledger.apply for just those runtimes, without the other hosts' silent check, the
+    host's counts or the reconcile heartbeat (which stays the scheduled pass's own signal)."""
     host = host or settings.CONTROLROOM_HOST
     now = now or timezone.now()
     started = time.monotonic()
     policy = observe.policy_from_settings()
     summary = PassSummary(host=host)
 
-    runtimes = load_active(host)
+    runtimes = load_active(host, only)
     snapshot = observe.Snapshot.gather(runtimes)
     summary.runtimes = len(runtimes)
     summary.tmux_sockets = len(snapshot.tmux)
@@ -124,7 +135,7 @@ def reconcile(host=None, now=None):
     refresh_before = now - timedelta(seconds=settings.CONTROLROOM["LAST_SEEN_REFRESH"])
     for runtime in runtimes:
         try:
-            transition = transition_for(runtime, snapshot.observe(runtime), now, policy)
+            transition = transition_for(runtime, snapshot.observe(runtime), now, policy, source)
         except Exception as error:  # one malformed runtime never stops the pass
             logger.exception("cannot classify runtime %s", runtime.pk)
             summary.errors += 1
@@ -136,11 +147,19 @@ def reconcile(host=None, now=None):
         if alive and (transition or runtime.last_seen_at is None or runtime.last_seen_at <= refresh_before):
             seen_alive.append(runtime.pk)
 
-    silent, summary.silent_hosts = silent_host_transitions(host, now)
+    silent = []
+    if only is None:
+        silent, summary.silent_hosts = silent_host_transitions(host, now)
     written = ledger.apply(transitions + silent, now, host)
     summary.transitions = len(written)
     if seen_alive:
         Runtime.objects.filter(pk__in=seen_alive).update(last_seen_at=now)
+    if only is not None:
+        # ledger.apply updated the written runtimes in place; a lost compare-and-set means another
+        # writer moved the row, which the next look will see.
+        summary.classes = {runtime.pk: runtime.runtime_class for runtime in runtimes}
+        summary.duration_ms = int((time.monotonic() - started) * 1000)
+        return summary
 
     # Outside the ledger's transaction: episodes that time or tickets changed, retries due.
     notify.after_pass(now)

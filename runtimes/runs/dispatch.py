@@ -227,8 +227,9 @@ def launch(request, now=None):
         raise DispatchError(
             f"Cannot write the worker's files under CONTROLROOM_RUN_DIR ({run_dir}): {error.strerror}."
         ) from None
+    notify = settings.CONTROLROOM["WATCH_SOCKET"]
     command = [sys.executable, str(Path(exec_worker.__file__).resolve()), "--stdin", str(prompt_path), "--stdout",
-               str(output_path), "--", *worker_argv(profile)]  # fmt: skip
+               str(output_path), *(["--notify", notify] if notify else []), "--", *worker_argv(profile)]  # fmt: skip
     try:
         pane_pid = start_tmux_session(request.tmux_socket, session, request.cwd, command)
     except DispatchError:

@@ -6,13 +6,16 @@ No shell ever reads the prompt or the paths. The CLI runs as this wrapper's chil
 to the wrapper (SIGTERM, SIGINT, SIGHUP) are passed on, and when the CLI ends its exit status is
 written to `LOG.exit` (JSON) before the wrapper ends the same way (same exit code, or killed by
 the same signal). The sidecar exists because tmux 3.3a now and then misses a pane's SIGCHLD and
-never reports its exit status. Standard error stays on the pane.
+never reports its exit status. With `--notify SOCKET` the wrapper then reports the exit at once
+to the host's watcher (`watch_runtimes`) as one unix datagram naming the log, best effort: no
+watcher listening changes nothing. Standard error stays on the pane.
 """
 
 import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -45,10 +48,24 @@ def _write_exit_file(log_path, returncode):
     os.replace(partial, exit_file_for(log_path))
 
 
+def notify_exit(socket_path, log_path, returncode):
+    """Tell the watcher listening on `socket_path` that the run logging to `log_path` ended.
+    Never raises and never blocks: a missing or busy watcher is the schedule's business."""
+    record = {"output": os.path.abspath(log_path)}
+    record.update({"exit_code": returncode} if returncode >= 0 else {"signal": -returncode})
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            client.setblocking(False)
+            client.sendto(json.dumps(record).encode(), socket_path)
+    except OSError:
+        pass
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stdin", required=True, help="File given to the CLI as standard input.")
     parser.add_argument("--stdout", required=True, help="File the CLI's standard output is appended to.")
+    parser.add_argument("--notify", default="", help="The watcher's unix datagram socket to report the exit to.")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the CLI and its arguments.")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -61,11 +78,15 @@ def main(argv=None):
     except OSError as error:
         print(f"exec_worker: cannot start {command[0]}: {error.strerror} ({error.filename})", file=sys.stderr)
         _write_exit_file(args.stdout, 127)
+        if args.notify:
+            notify_exit(args.notify, args.stdout, 127)
         return 127
     for sig in FORWARDED:
         signal.signal(sig, lambda number, frame: child.send_signal(number))
     returncode = child.wait()
     _write_exit_file(args.stdout, returncode)
+    if args.notify:
+        notify_exit(args.notify, args.stdout, returncode)
     if returncode < 0:
         if -returncode not in (signal.SIGKILL, signal.SIGSTOP):  # these cannot have handlers
             signal.signal(-returncode, signal.SIG_DFL)

@@ -1,0 +1,1 @@
+"""The event-driven watcher (`watch_runtimes`): pidfds and tmux events → targeted reconcile passes."""
