@@ -60,10 +60,10 @@ class Tail:
 
 def clean_lines(raw, lines):
     """Terminal text made safe to show: controls stripped, secrets redacted, the last `lines`
-    non-blank-trailing lines, each bounded. Pure."""
+    non-blank lines, each bounded. Pure."""
     text = safe_text(raw, limit=TAIL_BYTES * 2)
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    rows = text.rstrip("\n").split("\n") if text.strip() else []
+    rows = [row for row in text.split("\n") if row.strip()]
     return [row[:500] for row in rows[-lines:]]
 
 

@@ -154,12 +154,14 @@ def snapshot(sockets, tmux_bin=None, timeout=None):
 
 
 def capture_pane(socket, target, lines=40, timeout=None, tmux_bin=None):
-    """The last `lines` non-blank-trailing lines of a pane's history and screen (`capture-pane -p -J`),
-    as text. Works on a dead pane kept by remain-on-exit. Raises TmuxError when tmux cannot answer."""
+    """The last `lines` non-blank lines of a pane's history and screen (`capture-pane -p -J`), as
+    text. Works on a dead pane kept by remain-on-exit. Raises TmuxError when tmux cannot answer."""
     lines = max(1, int(lines))
     done = run(socket, "capture-pane", "-p", "-J", "-t", target, "-S", f"-{lines}", tmux_bin=tmux_bin, timeout=timeout)
     if done.returncode != 0:
         detail = done.stderr.strip() or f"exit status {done.returncode}"
         raise TmuxError(f"tmux capture-pane {target} failed: {detail[:300]}")
-    # -S -N is N lines of history on top of the whole visible screen: keep the last N written.
-    return "\n".join(done.stdout.rstrip().split("\n")[-lines:])
+    # -S -N is N lines of history on top of the whole visible screen (blank rows included):
+    # keep the last N rows with something on them.
+    written = [row for row in done.stdout.split("\n") if row.strip()]
+    return "\n".join(written[-lines:])
