@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_q",
+    "ninja",
     "tickets",
     "runtimes",
 ]
@@ -185,6 +186,14 @@ CONTROLROOM = {
         ["codex-mini*", "o3", "o4-mini", "gpt-5-mini", "gpt-5.1-codex-mini", "gpt-5.2", "gpt-5.3-codex"],
     ),
     "CODEX_CHATGPT_SUGGESTED": env_list("CONTROLROOM_CODEX_CHATGPT_SUGGESTED", ["gpt-5.5", "gpt-5.4", "gpt-5.4-mini"]),
+    # Self-reported states (seconds): see README "Workers report themselves".
+    "IDLE_PROMPT_GRACE": env_number("CONTROLROOM_IDLE_PROMPT_GRACE", 600.0),
+    "STALL_AFTER": env_number("CONTROLROOM_STALL_AFTER", 900.0),
+    "USAGE_LIMIT_PAUSE": env_number("CONTROLROOM_USAGE_LIMIT_PAUSE", 3600.0),
+    "USAGE_LIMIT_GRACE": env_number("CONTROLROOM_USAGE_LIMIT_GRACE", 600.0),
+    # The ingest API: the largest request body taken (bytes), and the URL workers report to.
+    "API_MAX_BODY": env_number("CONTROLROOM_API_MAX_BODY", 1024 * 1024, int, 1),
+    "URL": os.environ.get("CONTROLROOM_URL", "http://127.0.0.1:8000").strip().rstrip("/"),
     # Longest text taken from worker output into the ledger, a banner or a message.
     "MAX_MESSAGE_CHARS": env_number("CONTROLROOM_MAX_MESSAGE_CHARS", 2000, int, 80),
     # Notifications (runtimes/notify): Apprise URLs from the environment (secrets: never logged).
@@ -206,6 +215,9 @@ if CONTROLROOM["PUBLIC_URL"] and not CONTROLROOM["PUBLIC_URL"].startswith(("http
     raise ImproperlyConfigured(
         f"CONTROLROOM_PUBLIC_URL={CONTROLROOM['PUBLIC_URL']!r} must start with http:// or https://."
     )
+
+# Django reads at most this much of a request body; the API's own limit is checked first.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, CONTROLROOM["API_MAX_BODY"])
 
 # django-q2: the ORM broker by default, Redis when REDIS_URL is set. One cluster per worker host,
 # named after the host, so each host's schedule runs on that host only.

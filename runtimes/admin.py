@@ -14,9 +14,11 @@ from django.utils.html import format_html
 
 from runtimes.console import humanize
 from runtimes.console import views as console_views
+from runtimes.intake import tokens
 from runtimes.models import (
     ENDED_CLASSES,
     LIVE_CLASSES,
+    ApiToken,
     LivenessEvent,
     ModelSmokeResult,
     ReconcilerHeartbeat,
@@ -140,6 +142,9 @@ MACHINE_WRITTEN = (
     "class_message",
     "class_changed_at",
     "controller_action",
+    "reported_reason",
+    "reported_at",
+    "progress_at",
     "created_at",
     "resumes_at",
     "turns",
@@ -218,6 +223,7 @@ class RuntimeAdmin(admin.ModelAdmin):
                 )
             },
         ),
+        ("What the worker reported", {"fields": ("reported_reason", "reported_at", "progress_at")}),
     )
 
     # Attention first, then newest (`attention` is annotated by get_queryset).
@@ -455,6 +461,32 @@ class ModelSmokeResultAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are created with `create_api_token` (or minted at launch) and only revoked here."""
+
+    list_display = ("name", "prefix_shown", "role", "host", "runtime", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("role", "host", ("revoked_at", admin.EmptyFieldListFilter))
+    list_select_related = ("runtime",)
+    search_fields = ("name", "prefix", "host")
+    actions = ("revoke",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields if f.name != "token_hash"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="token", ordering="prefix")
+    def prefix_shown(self, token):
+        return format_html("<code>{}…</code>", token.prefix)
+
+    @admin.action(description="Revoke the selected tokens", permissions=("change",))
+    def revoke(self, request, queryset):
+        count = tokens.revoke(queryset)
+        self.message_user(request, f"Revoked {count} token(s).", messages.SUCCESS)
 
 
 # The notification rooms register their own admin pages.

@@ -27,6 +27,21 @@ STALLED = "stalled"
 RESUMED = "resumed"
 
 FINAL = (EXITED, KILLED_BY_CONTROLLER, COMPLETED_BY_CONTROLLER, RESUMED)
+# Classes in which the worker is (as far as anyone knows) still alive.
+LIVE = (PENDING, TMUX_LIVE, PROCESS_LIVE, WEBSOCKET_ACTIVE, WEBSOCKET_IDLE, WAITING_INPUT, USAGE_LIMITED, STALLED)
+# The live class each kind returns to when it shows a sign of work again.
+LIVE_CLASS_OF_KIND = {"tmux": TMUX_LIVE, "process": PROCESS_LIVE, "websocket": WEBSOCKET_ACTIVE}
+
+# What a worker reports about itself (the reasons of runtimes.models.Reason they map to).
+PERMISSION_PROMPT = "permission-prompt"
+ELICITATION = "elicitation-dialog"
+IDLE_PROMPT = "idle-prompt"
+USAGE_LIMIT = "usage-limit"
+NO_PROGRESS = "no-progress"
+WORKING = "working"
+WAITING_REASONS = (PERMISSION_PROMPT, ELICITATION, IDLE_PROMPT)
+# A person must answer these at once; an idle prompt only after Policy.idle_prompt_grace.
+ANSWER_NOW_REASONS = (PERMISSION_PROMPT, ELICITATION)
 
 # Process probe states (probes.processes sets them).
 ALIVE = "alive"
@@ -41,6 +56,20 @@ class Policy:
     start_timeout: float = 120.0  # seconds a launched worker may take to be seen alive
     websocket_idle_after: float = 300.0  # seconds without activity before a console is idle
     unknown_grace: float = 300.0  # seconds a runtime may stay unknown before someone is told
+    idle_prompt_grace: float = 600.0  # seconds an interactive session may wait for its next prompt
+    stall_after: float = 900.0  # seconds alive without any sign of progress before it is stalled
+    usage_limit_grace: float = 600.0  # seconds past resumes_at a usage-limited run may stay limited
+    usage_limit_pause: float = 3600.0  # assumed pause when a usage limit gives no reset time
+    report_settle: float = 5.0  # a sign of work counts against a report only this much after it
+
+
+@dataclass(frozen=True)
+class Report:
+    """The latest thing a worker said about itself (a hook, a notify, a launcher's report)."""
+
+    reason: str  # WORKING, or one of WAITING_REASONS / USAGE_LIMIT
+    at: datetime
+    resumes_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +84,10 @@ class RuntimeFacts:
     pid: int | None = None
     pid_create_time: float | None = None
     exit_outcome: str = ""
+    class_reason: str = ""
+    report: Report | None = None  # the last self-report stored on the runtime
+    progress_at: datetime | None = None  # the last sign of work recorded on the runtime
+    resumes_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +138,12 @@ class Observation:
     # For a dead pane tmux gave no status for: (exit_code, exit_signal) from the launch wrapper's
     # record, or (None, None) when the pane's process is certainly gone but its status is lost.
     exit_record: tuple | None = None
+    # Signs of work seen now: the pane's last activity, the output log's last growth (epoch-aware
+    # datetimes), and a worker's own report. `probed` False means only the report is new: the
+    # worker's liveness is what its class already says (an API report probes nothing).
+    progress_at: datetime | None = None
+    report: Report | None = None
+    probed: bool = True
 
     def as_dict(self):
         facts = {}
@@ -118,6 +157,8 @@ class Observation:
             facts["host_silent"] = self.host_silent
         if self.exit_record:
             facts["exit_record"] = list(self.exit_record)
+        if self.progress_at:
+            facts["progress_at"] = self.progress_at.isoformat()
         return facts
 
 
@@ -135,24 +176,41 @@ class Classification:
         return self.runtime_class in (*FINAL, TMUX_MISSING, PROCESS_DEAD)
 
 
-def needs_attention(runtime_class, exit_outcome, ticket_expects_worker, seconds_in_class, policy):
-    """Whether a person must act: only where a worker is expected, and only for missing or dead
-    workers, an unknown state past its grace period, or a run that ended in failure."""
+def needs_attention(
+    runtime_class, exit_outcome, ticket_expects_worker, seconds_in_class, policy, reason="", resumes_at=None, now=None
+):
+    """Whether a person must act: only where a worker is expected, and only for missing, dead or
+    stalled workers, a question a person must answer (an idle prompt past its grace), a usage
+    limit still holding past its reset plus grace, an unknown state past its grace period, or a
+    run that ended in failure."""
     if not ticket_expects_worker:
         return False
-    if runtime_class in (TMUX_MISSING, PROCESS_DEAD):
+    if runtime_class in (TMUX_MISSING, PROCESS_DEAD, STALLED):
         return True
     if runtime_class == UNKNOWN:
         return seconds_in_class >= policy.unknown_grace
+    if runtime_class == WAITING_INPUT:
+        return reason in ANSWER_NOW_REASONS or seconds_in_class >= policy.idle_prompt_grace
+    if runtime_class == USAGE_LIMITED:
+        if resumes_at is None or now is None:
+            return seconds_in_class >= policy.usage_limit_pause + policy.usage_limit_grace
+        return (now - resumes_at).total_seconds() >= policy.usage_limit_grace
     return runtime_class == EXITED and exit_outcome == "failed"
 
 
 def classify(facts: RuntimeFacts, observation: Observation, now: datetime, policy: Policy) -> Classification:
     result = _classify(facts, observation, now, policy)
     seconds = 0.0
-    if result.runtime_class == facts.runtime_class and facts.class_changed_at:
+    same = result.runtime_class == facts.runtime_class
+    if same and result.runtime_class == WAITING_INPUT and facts.class_reason:
+        same = result.reason == facts.class_reason  # a new question restarts the clock
+    if same and facts.class_changed_at:
         seconds = (now - facts.class_changed_at).total_seconds()
-    attention = needs_attention(result.runtime_class, facts.exit_outcome, facts.ticket_expects_worker, seconds, policy)
+    resumes_at = observation.report.resumes_at if observation.report else facts.resumes_at
+    attention = needs_attention(
+        result.runtime_class, facts.exit_outcome, facts.ticket_expects_worker, seconds, policy,
+        reason=result.reason or facts.class_reason, resumes_at=resumes_at, now=now,
+    )  # fmt: skip
     return replace(result, needs_attention=attention)
 
 
@@ -166,10 +224,56 @@ def _classify(facts, obs, now, policy):
     if obs.host_silent:
         return Classification(UNKNOWN, "host-silent", obs.host_silent)
     if facts.kind == "websocket":
-        return _classify_websocket(facts, now, policy)
-    if facts.kind == "process":
-        return _classify_process(facts, obs, now, policy)
-    return _classify_tmux(facts, obs, now, policy)
+        base = _classify_websocket(facts, now, policy)
+    elif not obs.probed:
+        base = _unprobed(facts)
+    elif facts.kind == "process":
+        base = _classify_process(facts, obs, now, policy)
+    else:
+        base = _classify_tmux(facts, obs, now, policy)
+    return _refine(base, facts, obs, now, policy)
+
+
+def _unprobed(facts):
+    """A report without a probe: a live worker stays live (a report proves a pending one started);
+    anything else keeps its class (a report never resurrects a missing or settled worker)."""
+    if facts.runtime_class in LIVE:
+        return Classification(LIVE_CLASS_OF_KIND[facts.kind], WORKING, "reported by the worker")
+    return Classification(facts.runtime_class, "", "")
+
+
+def _latest(*moments):
+    present = [m for m in moments if m is not None]
+    return max(present) if present else None
+
+
+def _refine(base, facts, obs, now, policy):
+    """A live worker's own reports and its signs of work refine its live class: waiting for a
+    person, paused by a usage limit, or stalled (alive, but no sign of progress for a while).
+    Any sign of work later than a report returns it to its live class."""
+    if base.runtime_class not in (TMUX_LIVE, PROCESS_LIVE, WEBSOCKET_ACTIVE, WEBSOCKET_IDLE):
+        return base
+    report = obs.report if obs.report and (not facts.report or obs.report.at >= facts.report.at) else facts.report
+    worked_at = report.at if report and report.reason == WORKING else None
+    progress = _latest(facts.progress_at, obs.progress_at, worked_at)
+    if report and report.reason != WORKING:
+        worked_since = progress is not None and (progress - report.at).total_seconds() > policy.report_settle
+        if not worked_since and report.reason == USAGE_LIMIT:
+            resumes = report.resumes_at
+            until = f" until {resumes:%Y-%m-%d %H:%M}Z" if resumes else ""
+            return Classification(USAGE_LIMITED, USAGE_LIMIT, f"paused by a usage limit{until}")
+        if not worked_since and report.reason in WAITING_REASONS:
+            waiting = {
+                PERMISSION_PROMPT: "waiting for a person to grant a permission",
+                ELICITATION: "waiting for a person to answer a question",
+                IDLE_PROMPT: "waiting for its next prompt",
+            }[report.reason]
+            return Classification(WAITING_INPUT, report.reason, waiting)
+    if facts.kind != "websocket" and progress is not None:
+        quiet_for = (now - _latest(progress, report.at if report else None)).total_seconds()
+        if quiet_for >= policy.stall_after:
+            return Classification(STALLED, NO_PROGRESS, f"no sign of progress for {int(quiet_for)}s")
+    return base
 
 
 def _classify_websocket(facts, now, policy):

@@ -94,6 +94,7 @@ class Reason(models.TextChoices):
     NO_PROGRESS = "no-progress", "no progress"
     WORKING = "working", "working"
     RESUMED = "resumed", "resumed"
+    SUPERSEDED = "superseded", "a new run took over the handle"
     OVERLOADED = "overloaded", "overloaded"
     BILLING_ERROR = "billing-error", "billing error"
     EXECUTION_ERROR = "execution-error", "error during execution"
@@ -211,6 +212,11 @@ class Runtime(models.Model):
     resume_count = models.PositiveSmallIntegerField(
         default=0, help_text="How many resumes led to this run (0 for a first run)."
     )
+    # The worker's own last report (hooks, notify, a launcher) and its last sign of work: facts
+    # the classifier reads on every pass, written only by runtimes.intake.
+    reported_reason = models.CharField(max_length=32, choices=Reason, blank=True, db_default="")
+    reported_at = models.DateTimeField(null=True, blank=True)
+    progress_at = models.DateTimeField(null=True, blank=True, help_text="The last sign of work a worker reported.")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     objects = RuntimeQuerySet.as_manager()
@@ -218,7 +224,15 @@ class Runtime(models.Model):
     class Meta:
         ordering = ("-started_at", "-pk")
         constraints = [
-            models.UniqueConstraint(fields=["host", "handle"], name="runtime_handle_unique_per_host"),
+            # One unsettled run per handle and host; a new run of a handle (a different pid or create
+            # time) settles the old row first (reason "superseded"), so history keeps both.
+            models.UniqueConstraint(
+                fields=["host", "handle"],
+                name="runtime_handle_unique_per_host",
+                condition=~Q(
+                    runtime_class__in=["exited", "killed-by-controller", "completed-by-controller", "resumed"]
+                ),
+            ),
             models.CheckConstraint(
                 name="runtime_tmux_has_target",
                 condition=~Q(kind="tmux") | ~Q(tmux_target=""),
@@ -284,13 +298,24 @@ class Runtime(models.Model):
         used from Runtime (the default prefixes) or from Ticket (runtime_prefix="runtimes__",
         ticket_prefix="")."""
         now = now or timezone.now()
-        grace = timedelta(seconds=settings.CONTROLROOM["UNKNOWN_GRACE"])
+        config = settings.CONTROLROOM
+        grace = timedelta(seconds=config["UNKNOWN_GRACE"])
+        idle_grace = timedelta(seconds=config["IDLE_PROMPT_GRACE"])
+        limit_grace = timedelta(seconds=config["USAGE_LIMIT_GRACE"])
+        pause = timedelta(seconds=config["USAGE_LIMIT_PAUSE"])
         r = runtime_prefix
+        waiting, limited = RuntimeClass.WAITING_INPUT, RuntimeClass.USAGE_LIMITED
+        answer_now = (Reason.PERMISSION_PROMPT, Reason.ELICITATION)
         return Ticket.expects_worker_q(prefix=ticket_prefix) & (
-            Q(**{f"{r}runtime_class__in": MISSING_CLASSES})
+            Q(**{f"{r}runtime_class__in": (*MISSING_CLASSES, RuntimeClass.STALLED)})
             | Q(**{f"{r}runtime_class": RuntimeClass.UNKNOWN, f"{r}class_changed_at__lte": now - grace})
             | Q(**{f"{r}runtime_class": RuntimeClass.EXITED, f"{r}exit_outcome": ExitOutcome.FAILED})
-        )
+            | Q(**{f"{r}runtime_class": waiting, f"{r}class_reason__in": answer_now})
+            | Q(**{f"{r}runtime_class": waiting, f"{r}class_changed_at__lte": now - idle_grace})
+            | Q(**{f"{r}runtime_class": limited, f"{r}resumes_at__lte": now - limit_grace})
+            | Q(**{f"{r}runtime_class": limited, f"{r}resumes_at__isnull": True,
+                   f"{r}class_changed_at__lte": now - pause - limit_grace})
+        )  # fmt: skip
 
 
 class LivenessEvent(models.Model):
@@ -464,6 +489,43 @@ class ModelSmokeResult(models.Model):
 
     def __str__(self):
         return f"{self.provider}/{self.model} {self.reason} #{self.pk}"
+
+
+class ApiToken(models.Model):
+    """A bearer token for the ingest API. Only its SHA-256 is stored; the token itself is shown once.
+
+    Scope: a reporter writes runtimes (of its host, or of its one runtime, when bound); only a
+    validator may post validator comments."""
+
+    class Role(models.TextChoices):
+        REPORTER = "reporter", "reporter"
+        VALIDATOR = "validator", "validator"
+
+    name = models.CharField(max_length=100)
+    role = models.CharField(max_length=12, choices=Role, default=Role.REPORTER)
+    host = models.CharField(max_length=255, blank=True, help_text="Bound to this host's runtimes (blank: any host).")
+    runtime = models.ForeignKey(
+        Runtime, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens",
+        help_text="Bound to this one runtime (a worker's own token, minted at launch).",
+    )  # fmt: skip
+    prefix = models.CharField(max_length=16, help_text="The token's first characters, to recognise it.")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-pk")
+        constraints = [
+            models.CheckConstraint(name="api_token_role_valid", condition=Q(role__in=["reporter", "validator"])),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…) #{self.pk}" if self.pk else self.name
+
+    @property
+    def revoked(self):
+        return self.revoked_at is not None
 
 
 # Notification rows live beside their logic in runtimes/notify/.

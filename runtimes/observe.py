@@ -1,6 +1,8 @@
 """Gather one observation of a set of runtimes: one tmux call per socket, one identity check per pid."""
 
+import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from django.conf import settings
 
@@ -17,6 +19,10 @@ def policy_from_settings():
         start_timeout=config["START_TIMEOUT"],
         websocket_idle_after=config["WEBSOCKET_IDLE_AFTER"],
         unknown_grace=config["UNKNOWN_GRACE"],
+        idle_prompt_grace=config["IDLE_PROMPT_GRACE"],
+        stall_after=config["STALL_AFTER"],
+        usage_limit_grace=config["USAGE_LIMIT_GRACE"],
+        usage_limit_pause=config["USAGE_LIMIT_PAUSE"],
     )
 
 
@@ -34,6 +40,14 @@ def facts_of(runtime):
         pid=runtime.pid,
         pid_create_time=runtime.pid_create_time,
         exit_outcome=runtime.exit_outcome,
+        class_reason=runtime.class_reason,
+        report=(
+            liveness.Report(runtime.reported_reason, runtime.reported_at, runtime.resumes_at)
+            if runtime.reported_reason and runtime.reported_at
+            else None
+        ),
+        progress_at=runtime.progress_at,
+        resumes_at=runtime.resumes_at,
     )
 
 
@@ -59,10 +73,32 @@ class Snapshot:
             if socket.error:
                 return liveness.Observation(tmux_error=socket.error)
             pane = socket.find(runtime.tmux_target)
-            return liveness.Observation(pane=pane, exit_record=exit_record(runtime, pane))
+            progress = _latest(_epoch(pane.activity if pane else None), output_grew_at(runtime))
+            return liveness.Observation(pane=pane, exit_record=exit_record(runtime, pane), progress_at=progress)
         if runtime.kind == Runtime.Kind.PROCESS and runtime.pid:
-            return liveness.Observation(process=self.processes[(runtime.pid, runtime.pid_create_time)])
+            return liveness.Observation(
+                process=self.processes[(runtime.pid, runtime.pid_create_time)], progress_at=output_grew_at(runtime)
+            )
         return liveness.Observation()
+
+
+def _epoch(seconds):
+    return datetime.fromtimestamp(seconds, UTC) if seconds else None
+
+
+def _latest(*moments):
+    present = [m for m in moments if m is not None]
+    return max(present) if present else None
+
+
+def output_grew_at(runtime):
+    """When the output log last grew (its mtime), or None without a readable log."""
+    if not runtime.output_path:
+        return None
+    try:
+        return _epoch(os.stat(runtime.output_path).st_mtime)
+    except OSError:
+        return None
 
 
 def observe_one(runtime):

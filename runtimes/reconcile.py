@@ -15,7 +15,7 @@ from django.db.models import BooleanField, Count, ExpressionWrapper
 from django.utils import timezone
 
 from runtimes import ledger, liveness, observe
-from runtimes.models import LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
+from runtimes.models import SELF_REPORTED_CLASSES, LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
 from runtimes.notify import service as notify
 from runtimes.runs import harvest
 from tickets.models import Ticket
@@ -23,14 +23,15 @@ from tickets.models import Ticket
 logger = logging.getLogger(__name__)
 
 # Classes in which a runtime's host is watching it: these turn unknown when the host goes silent.
-WATCHED_CLASSES = (RuntimeClass.PENDING, RuntimeClass.TMUX_LIVE, RuntimeClass.PROCESS_LIVE)
+WATCHED_CLASSES = (RuntimeClass.PENDING, RuntimeClass.TMUX_LIVE, RuntimeClass.PROCESS_LIVE, *SELF_REPORTED_CLASSES)
 # Classes that mean "a probe saw it alive in this pass" (what last_seen_at records).
-SEEN_CLASSES = (RuntimeClass.TMUX_LIVE, RuntimeClass.PROCESS_LIVE)
+SEEN_CLASSES = (RuntimeClass.TMUX_LIVE, RuntimeClass.PROCESS_LIVE, *SELF_REPORTED_CLASSES)
 # The fields one pass needs (keeps the load light on large tables).
 LOAD_FIELDS = (
     "kind", "handle", "host", "tmux_socket", "tmux_target", "pid", "pid_create_time", "provider", "profile",
     "output_path", "started_at", "last_activity_at", "runtime_class", "class_changed_at", "controller_action",
-    "exit_outcome", "exit_code", "exit_signal", "ended_at", "last_seen_at", "ticket",
+    "exit_outcome", "exit_code", "exit_signal", "ended_at", "last_seen_at", "ticket", "class_reason",
+    "reported_reason", "reported_at", "progress_at", "resumes_at",
 )  # fmt: skip
 
 

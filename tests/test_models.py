@@ -69,8 +69,11 @@ def test_expects_worker_only_for_working_non_umbrella_tickets():
 
 def test_pure_classifier_names_match_the_model_choices():
     names = {value for key, value in vars(liveness).items() if key.isupper() and isinstance(value, str)}
-    classes = names - {liveness.ALIVE, liveness.GONE, liveness.ZOMBIE, liveness.REUSED, liveness.DENIED}
+    reasons = {liveness.PERMISSION_PROMPT, liveness.ELICITATION, liveness.IDLE_PROMPT, liveness.USAGE_LIMIT,
+               liveness.NO_PROGRESS, liveness.WORKING}  # fmt: skip
+    classes = names - {liveness.ALIVE, liveness.GONE, liveness.ZOMBIE, liveness.REUSED, liveness.DENIED} - reasons
     assert classes == set(RuntimeClass.values)
+    assert reasons <= set(Reason.values)
 
 
 def test_str_is_cheap_and_identifying(django_assert_num_queries):
