@@ -6,11 +6,13 @@ statements whatever the number of runtimes (plus a few per transition's ticket e
 """
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import close_old_connections, connection
 from django.db.models import BooleanField, Count, ExpressionWrapper
 from django.utils import timezone
 
@@ -33,6 +35,42 @@ LOAD_FIELDS = (
     "exit_outcome", "exit_code", "exit_signal", "ended_at", "last_seen_at", "ticket", "class_reason",
     "reported_reason", "reported_at", "progress_at", "resumes_at",
 )  # fmt: skip
+
+
+class DatabaseGone(Exception):
+    """The SQLite database file a long-running loop opened was deleted or replaced under it."""
+
+
+def database_file_identity():
+    """(device, inode) of the SQLite database file this process uses, or None when the database is
+    not a file (PostgreSQL, in-memory SQLite). Connects if needed, so the file exists."""
+    if connection.vendor != "sqlite" or connection.is_in_memory_db():
+        return None
+    connection.ensure_connection()
+    info = os.stat(connection.settings_dict["NAME"])
+    return (info.st_dev, info.st_ino)
+
+
+def check_database_file(identity):
+    """Raise DatabaseGone when the file behind `identity` is no longer the database at its path:
+    SQLite would keep writing into the unlinked file, and a reconnect would create an empty one."""
+    if identity is None:
+        return
+    path = connection.settings_dict["NAME"]
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DatabaseGone(f"the database file {path} was deleted") from None
+    if (info.st_dev, info.st_ino) != identity or info.st_nlink == 0:
+        raise DatabaseGone(f"the database file {path} was replaced by another file")
+
+
+def drop_unusable_connections():
+    """Between passes, close connections that are broken (e.g. the server ended the backend) or
+    past CONN_MAX_AGE, as Django does between requests, so the next pass reconnects. Never inside a
+    caller's transaction (a task run synchronously, a test)."""
+    if not connection.in_atomic_block:
+        close_old_connections()
 
 
 @dataclass

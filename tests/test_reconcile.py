@@ -5,6 +5,7 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import libtmux
 import psutil
 import pytest
 from django.core.management import call_command
@@ -329,3 +330,21 @@ def test_last_seen_records_only_what_a_probe_saw_alive(tmux_socket):
     reconcile()
     assert refreshed(console).last_seen_at is None
     assert refreshed(waiting).last_seen_at is None
+
+
+def test_a_session_killed_just_before_a_pass_is_always_missing_never_unknown(tmux_socket):
+    # Killing a socket's last session makes its server exit; a pass right after may reach it while
+    # it exits. Every trial must read "missing" (CONTROLROOM_KILL_TRIALS=500 for the long run).
+    classes = []
+    for trial in range(int(os.environ.get("CONTROLROOM_KILL_TRIALS", "25"))):
+        socket = f"{tmux_socket}-{trial}"
+        server = libtmux.Server(socket_name=socket)
+        try:
+            start_session(server, "cr-last", "sleep", "60")
+            runtime = tmux_runtime(socket, "cr-last")
+            server.cmd("kill-session", "-t", "cr-last")
+            reconcile()
+        finally:
+            server.kill()
+        classes.append(refreshed(runtime).runtime_class)
+    assert set(classes) == {RuntimeClass.TMUX_MISSING}

@@ -6,6 +6,7 @@ reconciler; these calls build the same `tmux -L NAME …` argv and run it under 
 """
 
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -28,6 +29,9 @@ PANE_FORMAT = "\t".join(FIELDS)
 
 # tmux's words for "no server on this socket" (client.c): that is no panes, not an error.
 _NO_SERVER = ("no server running on", "error connecting to")
+# What a client says when the server exits under it: right after a socket's last session is
+# killed, a `list-panes -a` may reach the dying server (about 1 in 50 calls on tmux 3.3a).
+_SERVER_EXITING = ("server exited unexpectedly", "no current target")
 
 
 class TmuxError(Exception):
@@ -73,6 +77,10 @@ def is_no_server(stderr):
     if text.startswith(_NO_SERVER[0]):
         return True
     return text.startswith(_NO_SERVER[1]) and "No such file or directory" in text
+
+
+def is_server_exiting(stderr):
+    return stderr.strip() in _SERVER_EXITING
 
 
 def _int_or_none(value):
@@ -135,13 +143,23 @@ class SocketSnapshot:
 
 
 def list_panes(socket, tmux_bin=None, timeout=None):
-    """One `list-panes -a` on one socket. Never raises: errors land in the snapshot."""
+    """One `list-panes -a` on one socket. Never raises: errors land in the snapshot.
+
+    A server caught exiting (its last session just went) is asked once more within the same time
+    bound; if it is still exiting or gone by then, it has no panes."""
+    timeout = timeout or settings.CONTROLROOM["TMUX_TIMEOUT"]
+    deadline = time.monotonic() + timeout
     try:
         done = run(socket, "list-panes", "-a", "-F", PANE_FORMAT, tmux_bin=tmux_bin, timeout=timeout)
+        if done.returncode != 0 and is_server_exiting(done.stderr):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return SocketSnapshot(socket)
+            done = run(socket, "list-panes", "-a", "-F", PANE_FORMAT, tmux_bin=tmux_bin, timeout=left)
     except TmuxError as error:
         return SocketSnapshot(socket, error=str(error))
     if done.returncode != 0:
-        if is_no_server(done.stderr):
+        if is_no_server(done.stderr) or is_server_exiting(done.stderr):
             return SocketSnapshot(socket)
         detail = done.stderr.strip() or f"exit status {done.returncode}"
         return SocketSnapshot(socket, error=f"tmux list-panes failed on {socket or 'default'}: {detail[:500]}")

@@ -6,7 +6,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from runtimes.reconcile import reconcile
+from runtimes.reconcile import (
+    DatabaseGone,
+    check_database_file,
+    database_file_identity,
+    drop_unusable_connections,
+    reconcile,
+)
 
 
 class Command(BaseCommand):
@@ -30,7 +36,13 @@ class Command(BaseCommand):
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            database_file = database_file_identity()
             while not stop.is_set():
+                try:
+                    check_database_file(database_file)
+                except DatabaseGone as error:
+                    raise CommandError(f"Stopping: {error}; nothing was written. Restore it and start again.") from None
+                drop_unusable_connections()
                 try:
                     self._one_pass(host, as_json)
                 except CommandError as error:
