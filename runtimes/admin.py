@@ -373,16 +373,8 @@ class EstimatedCountPaginator(Paginator):
         return super().count
 
 
-@admin.register(LivenessEvent)
-class LivenessEventAdmin(admin.ModelAdmin):
-    paginator = EstimatedCountPaginator
-    list_display = ("at", "runtime_handle", "from_badge", "to_badge", "reason", "source", "host")
-    list_filter = ("to_class", "reason", "source")
-    list_select_related = ("runtime",)
-    search_fields = ("runtime__handle",)
-    show_full_result_count = False
-    list_per_page = 100
-    date_hierarchy = None
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Machine-written, append-only rows: visible, never added, edited or deleted by hand."""
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
@@ -395,6 +387,18 @@ class LivenessEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(LivenessEvent)
+class LivenessEventAdmin(ReadOnlyAdmin):
+    paginator = EstimatedCountPaginator
+    list_display = ("at", "runtime_handle", "from_badge", "to_badge", "reason", "source", "host")
+    list_filter = ("to_class", "reason", "source")
+    list_select_related = ("runtime",)
+    search_fields = ("runtime__handle",)
+    show_full_result_count = False
+    list_per_page = 100
+    date_hierarchy = None
 
     @admin.display(description="runtime", ordering="runtime__handle")
     def runtime_handle(self, event):

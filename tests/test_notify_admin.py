@@ -1,8 +1,12 @@
 """The notification admin: channels with a write-only, redacted URL and a "send test" action;
 episodes and deliveries read-only; secrets never on a page."""
 
+import io
+import json
+
 import pytest
 from django.contrib.auth.models import Group, User
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -151,3 +155,37 @@ def test_the_delivery_changelist_runs_the_same_queries_for_few_and_many_rows(cli
     few = queries()
     add(20)
     assert queries() == few
+
+
+def test_notify_test_sends_now_to_every_channel_and_fails_loudly_on_a_dead_one(receiver, settings):
+    port = closed_port()
+    notify_settings(settings, receiver.url, f"json://127.0.0.1:{port}/hook")
+    NotificationChannel.objects.create(name="off", url=receiver.url, enabled=False)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="1 of 2 channel"):
+        call_command("notify_test", stdout=out)
+    assert receiver.titles() == ["[Control Room] test notification"]
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"CONTROLROOM_NOTIFY_URLS #1 (json://127.0.0.1:{receiver.server.server_port}/…): sent"
+    assert lines[1].startswith(f"CONTROLROOM_NOTIFY_URLS #2 (json://127.0.0.1:{port}/…): failed — A Connection error")
+    assert list(Delivery.objects.order_by("pk").values_list("kind", "status", "attempts")) == [
+        ("test", "sent", 1),
+        ("test", "failed", 1),
+    ]
+
+
+def test_notify_test_can_name_admin_channels_and_refuses_unknown_names(receiver, settings):
+    notify_settings(settings)
+    with pytest.raises(CommandError, match="No channel: set CONTROLROOM_NOTIFY_URLS"):
+        call_command("notify_test")
+    NotificationChannel.objects.create(name="off", url=receiver.url, enabled=False)
+    with pytest.raises(CommandError, match="No notification channel named nope"):
+        call_command("notify_test", "--channel", "off", "--channel", "nope")
+    assert not Delivery.objects.exists()
+    out = io.StringIO()
+    call_command("notify_test", "--channel", "off", "--json", stdout=out)
+    assert json.loads(out.getvalue()) == {
+        "channel": f"off (json://127.0.0.1:{receiver.server.server_port}/…)",
+        "status": "sent",
+        "error": "",
+    }

@@ -56,3 +56,15 @@ def sync_groups(group_model, permission_model):
             for permission in permission_model.objects.filter(content_type__app_label=app, codename=codename)
         ]
         group.permissions.set(permissions)
+
+
+def sync_groups_in_migration(apps):
+    """The data migrations' step: create the permissions of every model that exists at this point
+    of the migration graph (normally created only after migrate), then sync the groups."""
+    from django.contrib.auth.management import create_permissions
+
+    for app_config in apps.get_app_configs():
+        app_config.models_module = True
+        create_permissions(app_config, apps=apps, verbosity=0)
+        app_config.models_module = None
+    sync_groups(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))

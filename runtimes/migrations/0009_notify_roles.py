@@ -1,16 +1,11 @@
-from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
-from tickets.roles import sync_groups
+from tickets.roles import sync_groups_in_migration
 
 
 def sync_roles(apps, schema_editor):
-    # The notification models' permissions must exist before the groups are given them.
-    for app_config in apps.get_app_configs():
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
-    sync_groups(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
+    # The groups get the notification models' permissions (tickets.roles lists them).
+    sync_groups_in_migration(apps)
 
 
 class Migration(migrations.Migration):

@@ -4,6 +4,7 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html
 
+from runtimes.admin import ReadOnlyAdmin
 from runtimes.notify import service
 from runtimes.notify.models import AttentionEpisode, Delivery, NotificationChannel
 
@@ -48,24 +49,8 @@ class NotificationChannelAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send a test notification", permissions=("change",))
     def send_test(self, request, queryset):
-        deliveries = service.send_test(list(queryset))
+        deliveries = service.send_test([channel.route() for channel in queryset])
         self.message_user(request, f"Queued {len(deliveries)} test notification(s); see Deliveries for how each went.")
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Machine-written rows: visible, never edited by hand."""
-
-    def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AttentionEpisode)

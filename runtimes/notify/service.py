@@ -213,6 +213,14 @@ def queue(notices, now, key=""):
     if not notices:
         return []
     outgoing = episodes.route_notices(notices, routes(), settings.CONTROLROOM["NOTIFY_DIGEST_OVER"])
+    deliveries = create(outgoing, key)
+    enqueue([d.pk for d in deliveries])
+    return deliveries
+
+
+def create(outgoing, key=""):
+    """One pending Delivery row per outgoing message. With a `key`, a channel that already has a
+    delivery of that key gets none (deduplicated by the database)."""
     now = timezone.now()  # deliveries keep the wall clock, whatever moment the episodes were judged at
     deliveries = [
         Delivery(
@@ -231,20 +239,17 @@ def queue(notices, now, key=""):
         )
         for o in outgoing
     ]
-    if key:  # a deduplicated notice: one per channel, ever
-        created = []
-        for delivery in deliveries:
-            try:
-                with transaction.atomic():
-                    delivery.save()
-                created.append(delivery)
-            except IntegrityError:
-                continue
-        deliveries = created
-    else:
-        deliveries = Delivery.objects.bulk_create(deliveries)
-    enqueue([d.pk for d in deliveries])
-    return deliveries
+    if not key:
+        return Delivery.objects.bulk_create(deliveries)
+    created = []
+    for delivery in deliveries:
+        try:
+            with transaction.atomic():
+                delivery.save()
+            created.append(delivery)
+        except IntegrityError:
+            continue
+    return created
 
 
 def enqueue(delivery_ids):
@@ -296,7 +301,8 @@ def deliver(delivery_id, now=None):
         message = str(error) if isinstance(error, transport.DeliveryError) else type(error).__name__
         if url and not isinstance(error, transport.DeliveryError):
             message = f"{type(error).__name__}: {episodes.scrub(str(error), url)}"
-        return _failed(delivery, safe_text(message, transport.ERROR_CHARS), url is not None)
+        retry = url is not None and delivery.kind != Delivery.Kind.TEST  # a test reports its first failure
+        return _failed(delivery, safe_text(message, transport.ERROR_CHARS), retry)
     Delivery.objects.filter(pk=delivery_id).update(
         status=Delivery.Status.SENT, sent_at=timezone.now(), next_attempt_at=None, error="", updated_at=timezone.now()
     )
@@ -341,25 +347,25 @@ def after_transitions(runtime_ids, now):
         logger.exception("notification step after transitions failed; the next pass tries again")
 
 
-def send_test(channels, now=None):
-    """Queue one test notice to each of these channels; returns the deliveries."""
-    now = now or timezone.now()
-    deliveries = Delivery.objects.bulk_create(
-        Delivery(
-            channel=channel,
-            channel_key=channel.channel_key,
-            target=channel.route().label[:255],
-            kind=Delivery.Kind.TEST,
-            title="[Control Room] test notification",
-            body=f"This channel ({channel.name}) receives Control Room's attention notices.",
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
+def send_test(test_routes, sync=False):
+    """One test notice to each of these channels (whatever their filters), queued for the cluster
+    or, with `sync`, sent now in this process. Returns the deliveries."""
+    outgoing = [
+        episodes.Outgoing(
+            route,
+            Delivery.Kind.TEST,
+            "[Control Room] test notification",
+            f"This channel, {route.label}, receives Control Room's attention notices.",
         )
-        for channel in channels
-    )
-    enqueue([d.pk for d in deliveries])
-    return deliveries
+        for route in test_routes
+    ]
+    deliveries = create(outgoing)
+    if not sync:
+        enqueue([d.pk for d in deliveries])
+        return deliveries
+    for delivery in deliveries:
+        deliver(delivery.pk)
+    return list(Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).order_by("pk"))
 
 
 def budget_warning(key, title, body, now=None):
