@@ -4,8 +4,10 @@ Every variable is parsed strictly: a value that cannot be read raises Improperly
 start-up rather than being silently replaced by a default.
 """
 
+import contextlib
 import os
 import socket
+import zoneinfo
 from pathlib import Path
 
 import dj_database_url
@@ -164,6 +166,27 @@ if env_bool("BEHIND_TLS_PROXY", False):
 # This host's name: runtimes launched here carry it, and this host's reconciler probes only them.
 CONTROLROOM_HOST = os.environ.get("CONTROLROOM_HOST", "").strip() or socket.gethostname()
 
+
+def local_time_zone():
+    """This host's IANA time zone: CONTROLROOM_HOST_TIME_ZONE, else TZ, /etc/timezone or the
+    /etc/localtime link, else UTC. Worker CLIs print usage-limit resets in this zone."""
+    name = os.environ.get("CONTROLROOM_HOST_TIME_ZONE", "").strip() or os.environ.get("TZ", "").lstrip(":").strip()
+    explicit = bool(name)
+    if not name:
+        with contextlib.suppress(OSError):
+            name = Path("/etc/timezone").read_text().strip()
+    if not name:
+        with contextlib.suppress(OSError):
+            name = os.readlink("/etc/localtime").partition("zoneinfo/")[2]
+    try:
+        zoneinfo.ZoneInfo(name or "UTC")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        if explicit:
+            raise ImproperlyConfigured(f"{name!r} is not a time zone: use an IANA name like Europe/Lisbon.") from None
+        name = ""
+    return name or "UTC"
+
+
 CONTROLROOM = {
     # Liveness thresholds (seconds).
     "START_TIMEOUT": env_number("CONTROLROOM_START_TIMEOUT", 120.0),
@@ -194,6 +217,14 @@ CONTROLROOM = {
     # The ingest API: the largest request body taken (bytes), and the URL workers report to.
     "API_MAX_BODY": env_number("CONTROLROOM_API_MAX_BODY", 1024 * 1024, int, 1),
     "URL": os.environ.get("CONTROLROOM_URL", "http://127.0.0.1:8000").strip().rstrip("/"),
+    # Usage limits and resumes.
+    "HOST_TIME_ZONE": local_time_zone(),
+    "AUTO_RESUME": env_bool("CONTROLROOM_AUTO_RESUME", False),
+    "MAX_RESUMES": env_number("CONTROLROOM_MAX_RESUMES", 3, int),
+    "RESUME_SPREAD": env_number("CONTROLROOM_RESUME_SPREAD", 90.0),
+    "RESUME_JITTER": env_number("CONTROLROOM_RESUME_JITTER", 30.0),
+    "RESUME_PROMPT": os.environ.get("CONTROLROOM_RESUME_PROMPT", "continue"),
+    "BUDGET_WARN_AT": env_number("CONTROLROOM_BUDGET_WARN_AT", 0.8),
     # Longest text taken from worker output into the ledger, a banner or a message.
     "MAX_MESSAGE_CHARS": env_number("CONTROLROOM_MAX_MESSAGE_CHARS", 2000, int, 80),
     # Notifications (runtimes/notify): Apprise URLs from the environment (secrets: never logged).

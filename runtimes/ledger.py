@@ -42,6 +42,7 @@ class Transition:
     updates: dict = field(default_factory=dict)  # further Runtime fields (exit_code, exit_outcome, …)
     verdict: str | None = None  # the final message's verdict, recorded as a coder Verdict
     verdict_summary: str = ""
+    ticket_note: str = ""  # the ticket's note for a pause ("paused until 15:00 (usage limit)")
 
     @property
     def from_class(self):
@@ -142,6 +143,8 @@ def ticket_effect(t):
     outcome = runtime.exit_outcome
     if t.to_class == RuntimeClass.COMPLETED_BY_CONTROLLER:
         return {"failure_reason": "", "note": f"completed by the controller from {runtime.handle}"}, False
+    if t.to_class == RuntimeClass.USAGE_LIMITED and t.ticket_note:
+        return {"note": t.ticket_note}, True
     if t.to_class in (RuntimeClass.TMUX_MISSING, RuntimeClass.PROCESS_DEAD):
         return {"failure_reason": f"{runtime.handle}: {_label(t.reason)} — {t.message}"}, True
     if t.to_class != RuntimeClass.EXITED:

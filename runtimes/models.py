@@ -199,7 +199,11 @@ class Runtime(models.Model):
         help_text="Claude's total_cost_usd, or Codex token usage priced from the profile; blank when unknown.",
     )
     agent_session_id = models.CharField(
-        max_length=200, blank=True, help_text="Claude session_id / Codex thread_id: what a resume continues."
+        max_length=200,
+        blank=True,
+        db_default="",
+        default="",
+        help_text="Claude session_id / Codex thread_id: what a resume continues.",
     )
     resumed_from = models.OneToOneField(
         "self",
@@ -210,7 +214,7 @@ class Runtime(models.Model):
         help_text="The usage-limited run this one continues.",
     )
     resume_count = models.PositiveSmallIntegerField(
-        default=0, help_text="How many resumes led to this run (0 for a first run)."
+        default=0, db_default=0, help_text="How many resumes led to this run (0 for a first run)."
     )
     # The worker's own last report (hooks, notify, a launcher) and its last sign of work: facts
     # the classifier reads on every pass, written only by runtimes.intake.
@@ -365,6 +369,9 @@ class ReconcilerHeartbeat(models.Model):
     transitions = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     counts = models.JSONField(default=dict, blank=True)
+    time_zone = models.CharField(
+        max_length=64, blank=True, help_text="The host's IANA time zone: its CLIs print usage-limit resets in it."
+    )
 
     class Meta:
         ordering = ("host",)
@@ -437,6 +444,15 @@ class WorkerProfile(models.Model):
     )
     output_price_per_mtok = models.DecimalField(
         max_digits=10, decimal_places=4, null=True, blank=True, help_text="USD per million output tokens."
+    )
+    auto_resume = models.BooleanField(
+        default=False, help_text="Resume this profile's usage-limited runs when the limit resets."
+    )
+    daily_budget_usd = models.DecimalField(
+        max_digits=10, decimal_places=2, null=True, blank=True, help_text="Launches stop once today's spend reaches it."
+    )
+    total_budget_usd = models.DecimalField(
+        max_digits=10, decimal_places=2, null=True, blank=True, help_text="Launches stop once total spend reaches it."
     )
     enabled = models.BooleanField(default=True)
 

@@ -103,8 +103,13 @@ def transition_for(runtime, observation, now, policy, source=LivenessEvent.Sourc
     """The transition this observation calls for, or None when the class stays."""
     result = liveness.classify(observe.facts_of(runtime), observation, now, policy)
     observed = observation.as_dict()
+    controller = result.runtime_class in (RuntimeClass.KILLED_BY_CONTROLLER, RuntimeClass.COMPLETED_BY_CONTROLLER)
+    if runtime.runtime_class == RuntimeClass.USAGE_LIMITED and runtime.ended_at and not controller:
+        return None  # paused: its process ended on the limit; only a resume or a person moves it on
     if result.runtime_class == RuntimeClass.EXITED:
-        return harvest.exit_transition(runtime, source, result.exit_code, result.exit_signal, result.message, observed)
+        return harvest.exit_transition(
+            runtime, source, result.exit_code, result.exit_signal, result.message, observed, now=now
+        )
     if result.runtime_class == runtime.runtime_class:
         return None
     gone = result.runtime_class in (RuntimeClass.TMUX_MISSING, RuntimeClass.NO_WORKER_EXPECTED)
@@ -113,7 +118,7 @@ def transition_for(runtime, observation, now, policy, source=LivenessEvent.Sourc
         outcome = harvest.outcome_of(runtime)
         if harvest.has_final_result(outcome):
             return harvest.exit_transition(
-                runtime, source, pane_message=result.message, observed=observed, outcome=outcome
+                runtime, source, pane_message=result.message, observed=observed, outcome=outcome, now=now
             )
     return ledger.Transition(runtime, result.runtime_class, result.reason, result.message, source, observed)
 
@@ -216,6 +221,7 @@ def reconcile(host=None, now=None, only=None, source=LivenessEvent.Source.RECONC
             "transitions": summary.transitions,
             "errors": summary.errors,
             "counts": summary.counts,
+            "time_zone": settings.CONTROLROOM["HOST_TIME_ZONE"],
         },
     )
     return summary

@@ -116,7 +116,9 @@ CODEX_CORPUS = [
                                    {"type": "turn.completed", "usage": {}}), "completed", "completed", None),
     ("no terminal event", codex(*STARTED, {"type": "item.started", "item": {"id": "i", "type": "reasoning"}}),
      "failed", "interrupted", None),
-    ("rate limited", codex(*STARTED, {"type": "turn.failed", "error": {"message": "You've hit your usage limit."}}),
+    ("usage limit", codex(*STARTED, {"type": "turn.failed", "error": {"message": "You've hit your usage limit."}}),
+     "", "usage-limit", None),
+    ("rate limited", codex(*STARTED, {"type": "turn.failed", "error": {"message": "429 Too Many Requests"}}),
      "failed", "rate-limited", None),
     ("garbage", "\x00\x01binary\xff", "failed", "unparseable-output", None),
 ]  # fmt: skip
@@ -192,7 +194,7 @@ codex_like = st.fixed_dictionaries(
 @given(st.binary(max_size=2000))
 def test_parsers_never_raise_on_arbitrary_bytes(raw):
     for classify in (classify_claude, classify_codex):
-        assert classify(raw).exit_outcome in ("completed", "partial-useful", "failed")
+        assert classify(raw).exit_outcome in ("completed", "partial-useful", "failed", "")
     parse_verdict(raw.decode("utf-8", "replace"))
 
 
@@ -202,7 +204,7 @@ def test_parsers_never_raise_on_arbitrary_json_lines(objects):
     text = "\n".join(json.dumps(o) for o in objects)
     for classify in (classify_claude, classify_codex):
         outcome = classify(text)
-        assert outcome.exit_outcome in ("completed", "partial-useful", "failed")
+        assert outcome.exit_outcome in ("completed", "partial-useful", "failed", "")
         assert len(outcome.message) <= 2000
 
 

@@ -130,6 +130,7 @@ class TicketAdmin(admin.ModelAdmin):
             },
         ),
         ("Status", {"fields": ("failure_reason", "note", "closed_at", "closed_by", "created_at", "updated_at")}),
+        ("Budgets (USD)", {"fields": ("daily_budget_usd", "total_budget_usd")}),
     )
 
     def get_form(self, request, obj=None, **kwargs):

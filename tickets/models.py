@@ -67,6 +67,12 @@ class Ticket(models.Model):
         help_text="The operator-facing failure banner; blank when nobody needs to act.",
     )
     note = models.TextField(blank=True, help_text="The controller's latest note on the ticket's work.")
+    daily_budget_usd = models.DecimalField(
+        max_digits=10, decimal_places=2, null=True, blank=True, help_text="Launches stop once today's spend reaches it."
+    )
+    total_budget_usd = models.DecimalField(
+        max_digits=10, decimal_places=2, null=True, blank=True, help_text="Launches stop once total spend reaches it."
+    )
     closed_at = models.DateTimeField(null=True, blank=True)
     closed_by = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)

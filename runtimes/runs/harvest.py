@@ -1,11 +1,15 @@
 """Turn a finished worker's output log into an exit transition (outcome, verdict, exit status)."""
 
 import os
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
 
 from runtimes import liveness, observe
 from runtimes.ledger import Transition
 from runtimes.ledger import apply as apply_transitions
-from runtimes.models import ExitOutcome, Provider, RuntimeClass, WorkerProfile
+from runtimes.models import ExitOutcome, Provider, Reason, ReconcilerHeartbeat, RuntimeClass, WorkerProfile
 from runtimes.runs import outcomes
 
 # The result line is at the end of the log; a huge log is read from its tail.
@@ -68,12 +72,69 @@ def usage_updates(runtime, usage):
     return updates
 
 
-def exit_transition(runtime, source, exit_code=None, exit_signal=None, pane_message="", observed=None, outcome=None):
-    """The transition to `exited`, with the run's outcome (read from its log unless given)."""
+def host_time_zone(host):
+    """The IANA zone the worker host's CLIs print clock times in: its reconciler heartbeat's, this
+    host's setting for itself, else UTC. One query."""
+    zone = ReconcilerHeartbeat.objects.filter(host=host).values_list("time_zone", flat=True).first()
+    if not zone and host == settings.CONTROLROOM_HOST:
+        zone = settings.CONTROLROOM["HOST_TIME_ZONE"]
+    return zone or "UTC"
+
+
+def paused_until_text(resumes_at, zone, now):
+    """ "15:00", or "Nov 28 15:00" when it is not within the next day, in the host's zone."""
+    local = resumes_at.astimezone(outcomes._zone(zone))
+    if resumes_at - now < timedelta(hours=20):
+        return f"{local:%H:%M}"
+    return f"{local:%b} {local.day} {local:%H:%M}"
+
+
+def pause_transition(runtime, source, outcome, exit_code, exit_signal, pane_message, facts, now):
+    """A run stopped by a usage limit: `usage-limited` until the reset (not exited, no banner).
+    Unknown reset → CONTROLROOM_USAGE_LIMIT_PAUSE from now. None when it is already paused."""
+    if runtime.runtime_class == RuntimeClass.USAGE_LIMITED:
+        return None
+    zone = host_time_zone(runtime.host)
+    resumes_at = outcomes.limit_resets_at(outcome.limit, now, zone)
+    guessed = resumes_at is None
+    if guessed:
+        resumes_at = now + timedelta(seconds=settings.CONTROLROOM["USAGE_LIMIT_PAUSE"])
+    until = paused_until_text(resumes_at, zone, now)
+    message = "; ".join(part for part in (pane_message, outcome.message, f"paused until {until}") if part)
+    facts["resumes_at"] = resumes_at.isoformat()
+    facts["host_time_zone"] = zone
+    facts["reset_guessed"] = guessed
+    return Transition(
+        runtime=runtime,
+        to_class=RuntimeClass.USAGE_LIMITED,
+        reason=Reason.USAGE_LIMIT,
+        message=message,
+        source=source,
+        observed=facts,
+        updates={
+            "exit_code": exit_code,
+            "exit_signal": exit_signal,
+            "exit_outcome": ExitOutcome.NONE,
+            "resumes_at": resumes_at,
+            "ended_at": now,
+            **usage_updates(runtime, outcome.usage),
+        },
+        ticket_note=f"paused until {until} (usage limit){' — reset time not given' if guessed else ''}",
+    )
+
+
+def exit_transition(
+    runtime, source, exit_code=None, exit_signal=None, pane_message="", observed=None, outcome=None, now=None
+):
+    """The transition to `exited`, with the run's outcome (read from its log unless given); or
+    to `usage-limited` when the run stopped on a usage limit (None if it is already)."""
     outcome = outcome or outcome_of(runtime, exit_code, exit_signal)
-    message = "; ".join(part for part in (pane_message, outcome.message) if part)
     facts = dict(observed or {})
     facts["outcome"] = outcome.as_dict()
+    if outcome.paused:
+        now = now or timezone.now()
+        return pause_transition(runtime, source, outcome, exit_code, exit_signal, pane_message, facts, now)
+    message = "; ".join(part for part in (pane_message, outcome.message) if part)
     return Transition(
         runtime=runtime,
         to_class=RuntimeClass.EXITED,
@@ -104,7 +165,7 @@ def harvest(runtime, observation, now, host):
     changes nothing). Refuses a worker that is still running or cannot be observed. How it
     ended is the classifier's answer, so a pane tmux gave no status for uses the wrapper's record.
     """
-    if runtime.runtime_class == RuntimeClass.EXITED:
+    if runtime.runtime_class in (RuntimeClass.EXITED, RuntimeClass.RESUMED):
         return None
     if runtime.runtime_class in (RuntimeClass.KILLED_BY_CONTROLLER, RuntimeClass.COMPLETED_BY_CONTROLLER):
         raise HarvestError(f"{runtime.handle} is already settled as {runtime.runtime_class}.")
@@ -117,6 +178,6 @@ def harvest(runtime, observation, now, host):
     code, signal = (
         (result.exit_code, result.exit_signal) if result.runtime_class == RuntimeClass.EXITED else (None, None)
     )
-    transition = exit_transition(runtime, "harvest", code, signal, result.message, observation.as_dict())
-    written = apply_transitions([transition], now, host)
+    transition = exit_transition(runtime, "harvest", code, signal, result.message, observation.as_dict(), now=now)
+    written = apply_transitions([transition], now, host) if transition else []
     return written[0] if written else None

@@ -4,13 +4,19 @@ Claude Code print mode (`--output-format json` or `stream-json`): the last `resu
 by `subtype`, then `is_error`, then `terminal_reason` / `api_error_status`. Codex (`exec --json`):
 the last `turn.completed` / `turn.failed` event decides; a top-level `error` event is not terminal.
 Never the exit code alone. A final message that opens with a verdict (tickets.verdicts) is that
-verdict. Any input, however broken, gives an Outcome and never raises.
+verdict. A run stopped by a plan usage limit (Claude "You've hit your session limit · resets 3pm",
+a rejected `rate_limit_event`, `rate_limit` errors; Codex "You’ve hit your usage limit … try again
+at 6:39 AM") is paused, not failed: no exit outcome, reason `usage-limit`, with the reset as the CLI
+said it (`limit_resets_at` turns it into a time). Any input, however broken, gives an Outcome and
+never raises.
 """
 
 import json
 import re
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from runtimes.text import quote_tail, safe_text
 from tickets import verdicts
@@ -18,6 +24,9 @@ from tickets import verdicts
 COMPLETED = "completed"
 PARTIAL_USEFUL = "partial-useful"
 FAILED = "failed"
+# A run stopped by a plan usage limit has not ended its work: it is paused (no exit outcome).
+PAUSED = ""
+USAGE_LIMIT = "usage-limit"
 
 # Verdicts that make a run's result what the worker said it was.
 _FINISHED_VERDICTS = (verdicts.DONE, verdicts.REVIEW, verdicts.QUESTION, verdicts.APPROVED, verdicts.CHANGES_REQUESTED)
@@ -46,6 +55,18 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class UsageLimit:
+    """A plan usage limit the run stopped on, and when it resets as the CLI said it."""
+
+    kind: str = ""  # session, weekly, Opus, Sonnet (Claude's wording), usage (Codex), rate_limit
+    resets_at: float | None = None  # epoch seconds (Claude's rate_limit_event resetsAt)
+    reset_text: str = ""  # local clock text: "3pm", "6:39 AM", "Nov 27, 2026 6:39 AM"
+
+    def as_dict(self):
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Outcome:
     exit_outcome: str
     reason: str
@@ -53,6 +74,11 @@ class Outcome:
     verdict: str | None = None
     final_text: str = ""
     usage: Usage = Usage()
+    limit: UsageLimit | None = None
+
+    @property
+    def paused(self):
+        return self.limit is not None
 
     @property
     def turns(self):
@@ -67,6 +93,7 @@ class Outcome:
         data = asdict(self)
         data.pop("final_text")
         data.pop("usage")
+        data["limit"] = self.limit.as_dict() if self.limit else None
         return {**data, **self.usage.as_dict()}
 
 
@@ -155,6 +182,76 @@ def price(usage, input_per_mtok, cached_per_mtok, output_per_mtok):
     return replace(usage, cost_usd=(total / Decimal(1_000_000)).quantize(Decimal("0.000001")))
 
 
+# "You've hit your session limit · resets 3pm", "You've hit your limit · resets 1pm (Europe/Lisbon)",
+# weekly / Opus / Sonnet limits (Claude); "You’ve hit your usage limit. … try again at 6:39 AM." (Codex).
+_LIMIT = re.compile(r"you(?:'|’|`)?ve hit your (?:(?P<kind>[\w-]+) )?limit", re.IGNORECASE)
+_CLAUDE_RESET = re.compile(r"resets\s+(?:at\s+)?(?P<text>[^\n·]{1,80}?)\s*(?:[.\n·]|$)", re.IGNORECASE)
+_CODEX_RESET = re.compile(r"try again at\s+(?P<text>[^\n]{1,80}?)\s*\.?\s*(?:\n|$)", re.IGNORECASE)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_CLOCK = re.compile(
+    r"""^(?:(?P<month>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+(?P<day>\d{1,2})
+        (?:,?\s+(?P<year>\d{4}))?,?\s+(?:at\s+)?)?
+        (?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?\s*(?P<ampm>[ap])\.?\s?m\.?
+        (?:\s*\((?P<zone>[A-Za-z][\w/+\-]{0,63})\))?\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def usage_limit_in(text):
+    """The usage limit a Claude or Codex message reports, or None."""
+    match = _LIMIT.search(text)
+    if match is None:
+        return None
+    kind = (match.group("kind") or "").lower()
+    if kind and kind not in ("session", "weekly", "opus", "sonnet", "usage"):
+        return None
+    rest = text[match.end() :]
+    reset = _CLAUDE_RESET.search(rest) or _CODEX_RESET.search(rest)
+    return UsageLimit(kind=kind or "usage", reset_text=reset.group("text").strip() if reset else "")
+
+
+def _zone(name, fallback=UTC):
+    try:
+        return ZoneInfo(name) if name else fallback
+    except (ZoneInfoNotFoundError, ValueError):
+        return fallback
+
+
+def limit_resets_at(limit, now, host_zone="UTC"):
+    """When a usage limit resets, as an aware datetime, or None when the CLI did not say.
+
+    An epoch (Claude's resetsAt, seconds or milliseconds) wins. Otherwise the reset text is a
+    clock time in the worker host's time zone `host_zone` (or the zone the text names, as in
+    "1pm (Europe/Lisbon)"); a time of day already past means the next day. Pure: `now` is given."""
+    if limit.resets_at is not None:
+        seconds = limit.resets_at / 1000 if limit.resets_at > 1e11 else limit.resets_at
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    match = _CLOCK.match(limit.reset_text.strip())
+    if match is None:
+        return None
+    hour, minute = int(match.group("hour")), int(match.group("minute") or 0)
+    if not (1 <= hour <= 12 and minute < 60):
+        return None
+    hour = hour % 12 + (12 if match.group("ampm").lower() == "p" else 0)
+    zone = _zone(match.group("zone"), _zone(host_zone))
+    local_now = now.astimezone(zone)
+    try:
+        if match.group("month"):
+            year = int(match.group("year") or local_now.year)
+            month = _MONTHS.index(match.group("month").lower()[:3]) + 1
+            return datetime(year, month, int(match.group("day")), hour, minute, tzinfo=zone)
+        candidate = datetime.combine(local_now.date(), datetime.min.time(), zone).replace(hour=hour, minute=minute)
+    except ValueError:
+        return None
+    if candidate <= local_now:
+        # Already past today: the next day at that clock time (wall clock, so DST keeps the hour).
+        candidate = datetime.combine(local_now.date() + timedelta(days=1), candidate.time(), zone)
+    return candidate
+
+
 def error_reason(text, status=None):
     """The reason code for an API/account error, from its HTTP status and words."""
     lowered = text.lower()
@@ -202,6 +299,40 @@ def unparseable(raw, what):
     return Outcome(FAILED, "unparseable-output", safe_text(f"no {what} found in the output; saw {seen}", MAX_MESSAGE))
 
 
+def _rate_limit_signal(obj):
+    """A usage-limit fact in one stream-json line: a rejected rate_limit_event (its resetsAt and
+    rateLimitType), an assistant message with error rate_limit, or a StopFailure rate_limit hook
+    event (--include-hook-events). None for any other line."""
+    kind = obj.get("type")
+    if kind == "rate_limit_event" and isinstance(obj.get("rate_limit_info"), dict):
+        info = obj["rate_limit_info"]
+        if info.get("status") != "rejected":
+            return None
+        resets = _number(info.get("resetsAt"), float)
+        limit_type = info.get("rateLimitType") if isinstance(info.get("rateLimitType"), str) else ""
+        return UsageLimit(kind=limit_type[:40] or "rate_limit", resets_at=resets)
+    if kind == "assistant" and obj.get("error") == "rate_limit":
+        return UsageLimit(kind="rate_limit")
+    for report in (obj, obj.get("input"), obj.get("hook_input")):
+        if isinstance(report, dict) and (report.get("hook_event_name"), report.get("error")) == (
+            "StopFailure",
+            "rate_limit",
+        ):
+            return UsageLimit(kind="rate_limit")
+    return None
+
+
+def _merge_limits(first, second):
+    """Two facts about one limit: the epoch and clock text of either, the more precise kind."""
+    if first is None or second is None:
+        return first or second
+    return UsageLimit(
+        kind=second.kind if first.kind in ("rate_limit", "usage") else first.kind,
+        resets_at=first.resets_at if first.resets_at is not None else second.resets_at,
+        reset_text=first.reset_text or second.reset_text,
+    )
+
+
 def classify_claude(raw):
     """Classify Claude Code print-mode output (json or stream-json)."""
     text = _text(raw)
@@ -213,6 +344,7 @@ def classify_claude(raw):
         whole = None
     candidates = [whole] if isinstance(whole, dict) else list(json_objects(text))
     session_id = ""
+    limit = None
     for obj in candidates:
         if obj.get("type") == "result":
             result = obj
@@ -220,16 +352,20 @@ def classify_claude(raw):
             started = True
             if not session_id and isinstance(obj.get("session_id"), str):
                 session_id = obj["session_id"]
+        limit = _merge_limits(limit, _rate_limit_signal(obj))
     if result is None:
+        if limit:
+            message = "stopped on a usage limit before printing its result"
+            return Outcome(PAUSED, USAGE_LIMIT, message, usage=Usage(session_id=session_id), limit=limit)
         if started:
             return Outcome(
                 FAILED, "interrupted", "the run stopped before printing its result", usage=Usage(session_id=session_id)
             )
         return unparseable(raw, "Claude result object")
-    return _claude_result(result, session_id)
+    return _claude_result(result, session_id, limit)
 
 
-def _claude_result(result, session_id=""):
+def _claude_result(result, session_id="", limit=None):
     subtype = result.get("subtype") if isinstance(result.get("subtype"), str) else ""
     is_error = result.get("is_error") is True
     final = result.get("result") if isinstance(result.get("result"), str) else ""
@@ -245,6 +381,10 @@ def _claude_result(result, session_id=""):
     if verdict in _FINISHED_VERDICTS and not (subtype == "success" and is_error):
         # The worker said it finished; a limit mentioned or hit afterwards does not undo that.
         return _with_verdict(COMPLETED, "completed", f"{subtype or 'result'} with a {verdict} verdict", final, usage)
+    limit = _merge_limits(usage_limit_in(final) or usage_limit_in(error_text), limit)
+    if limit:
+        message = final or error_text or f"usage limit ({limit.kind})"
+        return Outcome(PAUSED, USAGE_LIMIT, safe_text(message, MAX_MESSAGE), None, "", usage, limit)
     if subtype == "error_max_turns" or terminal == "max_turns":
         return _with_verdict(
             PARTIAL_USEFUL, "max-turns", error_text or "reached the maximum number of turns", final, usage
@@ -306,6 +446,15 @@ def classify_codex(raw):
             if isinstance(item, dict) and item.get("type") == "agent_message" and isinstance(item.get("text"), str):
                 last_message = item["text"]
     usage = codex_usage(turn_usages, turns, thread_id)
+    failure = ""
+    if terminal is not None and terminal["type"] == "turn.failed":
+        error = terminal.get("error")
+        failure = str(error.get("message", "")) if isinstance(error, dict) else ""
+    if terminal is None or terminal["type"] == "turn.failed":
+        limit = usage_limit_in(failure) or usage_limit_in(last_error)
+        if limit:
+            message = safe_text(failure or last_error, MAX_MESSAGE)
+            return Outcome(PAUSED, USAGE_LIMIT, message, None, safe_text(last_message, 20_000), usage, limit)
     if terminal is None:
         if seen_events:
             detail = f"; last error: {last_error}" if last_error else ""
@@ -313,9 +462,7 @@ def classify_codex(raw):
             return Outcome(FAILED, "interrupted", message, usage=usage)
         return unparseable(raw, "Codex JSON event")
     if terminal["type"] == "turn.failed":
-        error = terminal.get("error")
-        message = str(error.get("message", "")) if isinstance(error, dict) else ""
-        message = message or last_error or "turn failed"
+        message = failure or last_error or "turn failed"
         return Outcome(
             FAILED, error_reason(message), safe_text(message, MAX_MESSAGE), None, safe_text(last_message, 20_000), usage
         )

@@ -8,6 +8,10 @@ The behaviour is chosen by the model name (so it works under tmux, whatever the 
   claude-max-turns      error_max_turns after some work
   claude-*-crash        starts streaming, then dies by SIGKILL with no result
   claude-cost-X.YZ      success costing X.YZ USD (total_cost_usd)
+  claude-session-limit  stream-json: a rejected rate_limit_event (resetsAt RESETS_AT) then the result
+                        "You've hit your session limit · resets 3pm", exit 1
+  claude-weekly-limit   the result "You've hit your weekly limit · resets Dec 1, 9am" only, exit 1
+  (a file `limit_cleared` beside this file makes the *-limit models succeed: the limit has reset)
   anything else         success, with the final text from FAKE_RESULT or "DONE — patch written"
 Every call is appended to calls.jsonl beside this file (argv and stdin, exact).
 """
@@ -66,6 +70,18 @@ def result(subtype, is_error, text=None, **extra):
     emit(obj)
 
 
+RESETS_AT = 1795705200  # 2026-11-26 15:00 UTC
+if model.endswith("-limit") and not Path(__file__).with_name("limit_cleared").exists():
+    if stream:
+        info = {"status": "rejected", "resetsAt": RESETS_AT, "rateLimitType": "five_hour", "utilization": 1.0}
+        if model == "claude-session-limit":
+            emit({"type": "rate_limit_event", "rate_limit_info": info, "session_id": SESSION})
+        emit({"type": "assistant", "message": {"content": [{"type": "text", "text": "limit"}]}, "error": "rate_limit"})
+    which = "session" if model == "claude-session-limit" else "weekly"
+    reset = "3pm" if which == "session" else "Dec 1, 9am"
+    result("success", True, f"You've hit your {which} limit · resets {reset}", terminal_reason="completed",
+           num_turns=2)  # fmt: skip
+    sys.exit(1)
 if model == "claude-hang":
     time.sleep(600)
 if stream:

@@ -3,7 +3,8 @@
 
 Sign-in mode: the file `auth_mode` beside this file holds chatgpt (default), apikey or none.
 Models: under ChatGPT sign-in, codex-mini-latest, gpt-5.3-codex and o4-mini are rejected with the
-documented 400 message; gpt-hang sleeps; anything else completes with "DONE — implemented".
+documented 400 message; gpt-hang sleeps; gpt-limit hits the usage limit ("… try again at 6:39 AM.",
+unless a file `limit_cleared` is beside this file); anything else completes with "DONE — implemented".
 Every call is appended to calls.jsonl beside this file (argv and stdin, exact).
 """
 
@@ -56,6 +57,14 @@ if mode == "chatgpt" and model in ("codex-mini-latest", "gpt-5.3-codex", "o4-min
     body = {"type": "error", "status": 400, "error": {"type": "invalid_request_error", "message": message}}
     emit({"type": "error", "message": json.dumps(body)})
     emit({"type": "turn.failed", "error": {"message": json.dumps(body)}})
+    sys.exit(1)
+if model == "gpt-limit" and not (HERE / "limit_cleared").exists():
+    message = (
+        "You’ve hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit "
+        "https://chatgpt.com/codex/settings/usage to purchase more credits or try again at 6:39 AM."
+    )
+    emit({"type": "error", "message": message})
+    emit({"type": "turn.failed", "error": {"message": message}})
     sys.exit(1)
 emit({"type": "item.completed", "item": {"id": "item_0", "type": "agent_message", "text": "DONE — implemented"}})
 usage = {"input_tokens": 1_200_000, "cached_input_tokens": 1_000_000, "cache_write_input_tokens": 0,
