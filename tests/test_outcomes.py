@@ -50,7 +50,7 @@ CLAUDE_CORPUS = [
      json.dumps(claude_result("success", True, "API Error: Rate limit reached", stop_reason="stop_sequence")),
      "failed", "rate-limited", None),
     ("plan limit", json.dumps(claude_result("success", True, "You've hit your limit · resets 1pm (Europe/Lisbon)")),
-     "failed", "rate-limited", None),
+     "", "usage-limit", None),
     ("not logged in", json.dumps(claude_result("success", True, "Not logged in · Please run /login",
                                                terminal_reason="api_error")), "failed", "auth-error", None),
     ("invalid key", json.dumps(claude_result("success", True, "Invalid API key · Fix external API key")), "failed",
