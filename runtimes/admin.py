@@ -129,24 +129,40 @@ class LivenessEventInline(admin.TabularInline):
         return False
 
 
-MACHINE_WRITTEN = (
+# Fields only launch, import, the reconciler and the controller write: never editable in the
+# admin (a stop acts on what a row points to), so a row can only say what a machine observed.
+MACHINE_OWNED = (
+    "ticket",
+    "kind",
+    "handle",
+    "host",
+    "provider",
+    "model",
+    "profile",
+    "cwd",
+    "tmux_socket",
+    "tmux_target",
+    "pid",
     "pid_create_time",
+    "launch_token",
     "output_path",
+    "started_at",
+    "last_activity_at",
     "last_seen_at",
     "ended_at",
-    "exit_code",
-    "exit_signal",
-    "exit_outcome",
+    "created_at",
     "runtime_class",
     "class_reason",
     "class_message",
     "class_changed_at",
-    "controller_action",
     "reported_reason",
     "reported_at",
     "progress_at",
-    "created_at",
+    "exit_outcome",
+    "exit_code",
+    "exit_signal",
     "resumes_at",
+    "controller_action",
     "turns",
     "input_tokens",
     "output_tokens",
@@ -156,6 +172,10 @@ MACHINE_WRITTEN = (
     "resumed_from",
     "resume_count",
 )
+# What a superuser registering a runtime by hand may fill in: never the identity a stop trusts
+# (pid start time, launch mark) nor anything the machines write later.
+ADD_EDITABLE = ("ticket", "kind", "handle", "host", "provider", "model", "profile", "cwd", "tmux_socket",
+                "tmux_target", "pid", "started_at")  # fmt: skip
 
 
 # What the controller views and the changelist actions do: (service, verb, past tense, button).
@@ -181,7 +201,6 @@ class RuntimeAdmin(admin.ModelAdmin):
     list_filter = (RuntimeClassFilter, NeedsAttentionFilter, "kind", "provider", "host", "exit_outcome")
     list_select_related = ("ticket",)
     search_fields = ("handle", "ticket__key", "model")
-    readonly_fields = MACHINE_WRITTEN
     raw_id_fields = ("ticket",)
     inlines = (LivenessEventInline,)
     actions = ("stop_workers", "recover_workers")
@@ -190,7 +209,10 @@ class RuntimeAdmin(admin.ModelAdmin):
     change_form_template = "admin/runtimes/runtime/change_form.html"
     fieldsets = (
         (None, {"fields": ("ticket", "kind", "handle", "host", "provider", "model", "profile", "cwd")}),
-        ("Where it runs", {"fields": ("tmux_socket", "tmux_target", "pid", "pid_create_time", "output_path")}),
+        (
+            "Where it runs",
+            {"fields": ("tmux_socket", "tmux_target", "pid", "pid_create_time", "launch_token", "output_path")},
+        ),
         ("Times", {"fields": ("started_at", "last_activity_at", "last_seen_at", "ended_at", "created_at")}),
         (
             "State (machine-written)",
@@ -235,14 +257,26 @@ class RuntimeAdmin(admin.ModelAdmin):
     def get_changelist(self, request, **kwargs):
         return AttentionFirstChangeList
 
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return tuple(name for name in MACHINE_OWNED if name not in ADD_EDITABLE)
+        return MACHINE_OWNED
+
+    def has_delete_permission(self, request, obj=None):
+        # A runtime and its ledger are the record of what happened: only a superuser removes them.
+        return request.user.is_superuser and super().has_delete_permission(request, obj)
+
     @admin.display(description="ticket", ordering="ticket__key")
     def ticket_key(self, runtime):
         return runtime.ticket.key
 
     @admin.display(description="class", ordering="runtime_class")
     def badge(self, runtime):
+        badge = class_badge(runtime.runtime_class)
+        if runtime.controller_action in (Runtime.ControllerAction.STOP_REQUESTED, Runtime.ControllerAction.STOPPING):
+            return format_html("{} <em>{}</em>", badge, runtime.get_controller_action_display())
         if runtime.exit_outcome:
-            return format_html("{} {}", class_badge(runtime.runtime_class), runtime.exit_outcome)
+            return format_html("{} {}", badge, runtime.exit_outcome)
         return class_badge(runtime.runtime_class)
 
     @admin.display(description="reason", ordering="class_reason")
@@ -340,14 +374,23 @@ class RuntimeAdmin(admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
     def _act(self, request, queryset, action, verb):
-        changed, failures = 0, []
+        changed, requested, failures = 0, 0, []
         for runtime in queryset.select_related("ticket"):
             try:
-                if action(runtime, by=request.user.get_username()):
-                    changed += 1
+                result = action(runtime, by=request.user.get_username())
             except controller.ControllerError as error:
                 failures.append(f"{runtime.handle}: {error}")
+                continue
+            if getattr(result, "state", None) == controller.StopState.REQUESTED:
+                requested += 1
+            elif result:
+                changed += 1
         self.message_user(request, f"{verb} {changed} runtime(s).", messages.SUCCESS)
+        if requested:
+            self.message_user(
+                request, f"Stop requested for {requested} runtime(s) of other hosts; they show “stop requested” "
+                "until their host stops them.", messages.INFO,
+            )  # fmt: skip
         for failure in failures:
             self.message_user(request, failure, messages.ERROR)
 

@@ -1,8 +1,10 @@
 """Apply runtime_class transitions: the one place that changes a runtime's class.
 
 Every caller (reconciler, harvest, controller stop/recover) builds Transitions and hands them to
-`apply()`, which in one transaction re-reads the rows' classes under lock, keeps only the
-transitions whose old class still holds (compare-and-set), bulk-updates those rows, appends one
+`apply()`, which in one transaction re-reads the rows' classes and controller actions under lock,
+keeps only the transitions whose old class and action still hold (compare-and-set; so a pass that
+observed a worker before the controller said it is stopping it can never record its death as an
+exit or a failure), bulk-updates those rows, appends one
 LivenessEvent each, records verdicts from final messages, and applies the ticket effects. So two
 reconcilers can never record the same transition twice, and a class never changes without its
 ledger event.
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import connection, transaction
 
-from runtimes.models import ExitOutcome, LivenessEvent, Reason, Runtime, RuntimeClass
+from runtimes.models import FINAL_CLASSES, ExitOutcome, LivenessEvent, Reason, Runtime, RuntimeClass
 from runtimes.notify import service as notify
 from runtimes.text import safe_text
 from tickets.models import Ticket, Verdict
@@ -48,17 +50,36 @@ class Transition:
     def from_class(self):
         return self.runtime.runtime_class
 
+    @property
+    def from_action(self):
+        return self.runtime.controller_action
+
 
 def _limit():
     return settings.CONTROLROOM["MAX_MESSAGE_CHARS"]
 
 
 def _claim(ids):
-    """The current class of each row, read under lock (skip rows another reconciler holds)."""
+    """The current (class, controller action) of each row, read under lock (skip rows another
+    writer holds)."""
     rows = Runtime.objects.filter(pk__in=ids)
     if connection.features.has_select_for_update_skip_locked:
         rows = rows.select_for_update(skip_locked=True, of=("self",))
-    return dict(rows.values_list("pk", "runtime_class"))
+    fields = ("pk", "runtime_class", "controller_action")
+    return {pk: (runtime_class, action) for pk, runtime_class, action in rows.values_list(*fields)}
+
+
+def set_controller_action(runtime, action, expected, settled_too=False):
+    """Compare-and-set the controller's intent (no class change, so no ledger event): only while
+    the row's action is one of `expected`, and (unless `settled_too`) only while it is unsettled.
+    Returns whether it was set."""
+    rows = Runtime.objects.filter(pk=runtime.pk, controller_action__in=expected)
+    if not settled_too:
+        rows = rows.exclude(runtime_class__in=FINAL_CLASSES)
+    changed = rows.update(controller_action=action)
+    if changed:
+        runtime.controller_action = action
+    return bool(changed)
 
 
 def apply(transitions, now, host):
@@ -67,7 +88,7 @@ def apply(transitions, now, host):
         return []
     with transaction.atomic():
         current = _claim([t.runtime.pk for t in transitions])
-        accepted = [t for t in transitions if current.get(t.runtime.pk) == t.from_class]
+        accepted = [t for t in transitions if current.get(t.runtime.pk) == (t.from_class, t.from_action)]
         if not accepted:
             return []
         events = []

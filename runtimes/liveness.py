@@ -43,6 +43,14 @@ WAITING_REASONS = (PERMISSION_PROMPT, ELICITATION, IDLE_PROMPT)
 # A person must answer these at once; an idle prompt only after Policy.idle_prompt_grace.
 ANSWER_NOW_REASONS = (PERMISSION_PROMPT, ELICITATION)
 
+# Controller actions (runtimes.models.Runtime.ControllerAction).
+ACTION_NONE = "none"
+STOP_REQUESTED = "stop-requested"
+STOPPING = "stopping"
+KILL = "kill"
+COMPLETE = "complete"
+CONTROLLER_ACTIONS = (ACTION_NONE, STOP_REQUESTED, STOPPING, KILL, COMPLETE)
+
 # Process probe states (probes.processes sets them).
 ALIVE = "alive"
 GONE = "gone"
@@ -76,7 +84,7 @@ class Report:
 class RuntimeFacts:
     kind: str  # "tmux" | "process" | "websocket"
     runtime_class: str
-    controller_action: str  # "none" | "kill" | "complete"
+    controller_action: str  # "none" | "stop-requested" | "stopping" | "kill" | "complete"
     ticket_expects_worker: bool
     started_at: datetime
     class_changed_at: datetime | None = None
@@ -215,14 +223,29 @@ def classify(facts: RuntimeFacts, observation: Observation, now: datetime, polic
 
 
 def _classify(facts, obs, now, policy):
-    if facts.controller_action == "kill":
+    if facts.controller_action == KILL:
         return Classification(KILLED_BY_CONTROLLER, "controller-kill", "stopped by the controller")
-    if facts.controller_action == "complete":
+    if facts.controller_action == COMPLETE:
         return Classification(COMPLETED_BY_CONTROLLER, "controller-complete", "completed by the controller")
     if facts.runtime_class in FINAL:
         return Classification(facts.runtime_class, "", "")
     if obs.host_silent:
         return Classification(UNKNOWN, "host-silent", obs.host_silent)
+    if facts.controller_action == STOPPING:
+        return _classify_stopping(facts, _classify_observed(facts, obs, now, policy))
+    return _classify_observed(facts, obs, now, policy)
+
+
+def _classify_stopping(facts, observed):
+    """While the controller is stopping a worker, its death is the controller's doing: never an
+    exit, a failure or a missing worker. Until it is seen gone, the runtime keeps its class."""
+    if observed.runtime_class in (EXITED, TMUX_MISSING, PROCESS_DEAD, NO_WORKER_EXPECTED):
+        message = f"ended while the controller was stopping it ({observed.message})"
+        return Classification(KILLED_BY_CONTROLLER, "controller-kill", message)
+    return Classification(facts.runtime_class, "", "the controller is stopping it")
+
+
+def _classify_observed(facts, obs, now, policy):
     if facts.kind == "websocket":
         base = _classify_websocket(facts, now, policy)
     elif not obs.probed:

@@ -147,6 +147,10 @@ class Runtime(models.Model):
 
     class ControllerAction(models.TextChoices):
         NONE = "none", "none"
+        # A stop asked of the runtime's own host (a django-q2 task on its cluster), not yet done.
+        STOP_REQUESTED = "stop-requested", "stop requested"
+        # This host is stopping it: a death from now on is the controller's, never a failure.
+        STOPPING = "stopping", "stopping"
         KILL = "kill", "kill"
         COMPLETE = "complete", "complete"
 
@@ -185,7 +189,14 @@ class Runtime(models.Model):
     resumes_at = models.DateTimeField(
         null=True, blank=True, help_text="When a usage-limited run's limit resets (the worker host's time, in UTC)."
     )
-    controller_action = models.CharField(max_length=10, choices=ControllerAction, default=ControllerAction.NONE)
+    controller_action = models.CharField(max_length=16, choices=ControllerAction, default=ControllerAction.NONE)
+    launch_token = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The mark set on the tmux session at launch (@controlroom): a stop kills only a session carrying it.",
+    )
     # What the run used, read from its output at harvest (null = unknown, never a guessed zero).
     turns = models.PositiveIntegerField(null=True, blank=True)
     input_tokens = models.PositiveBigIntegerField(null=True, blank=True)

@@ -1,6 +1,7 @@
 """django-q2 entry points: thin calls into the same code the commands use."""
 
 from runtimes.reconcile import drop_unusable_connections, reconcile
+from runtimes.runs import controller
 
 SCHEDULE_PREFIX = "reconcile-runtimes@"
 
@@ -9,6 +10,12 @@ def reconcile_host(host=None):
     """The scheduled reconciliation of one host; its summary lands in django-q2's task admin."""
     drop_unusable_connections()
     return str(reconcile(host=host))
+
+
+def stop_runtime(runtime_id, by):
+    """A stop another host asked for, run by this runtime's own host's cluster."""
+    drop_unusable_connections()
+    return controller.stop_requested(runtime_id, by)
 
 
 def schedule_name(host):

@@ -58,10 +58,13 @@ def tmux(tmux_socket):
     return server
 
 
-def start_session(server, name, *argv, remain_on_exit=True):
+def start_session(server, name, *argv, remain_on_exit=True, mark=None):
     """Start a detached session running argv (no shell) and return its pane pid. The session
-    starts idle, gets remain-on-exit, then respawns into argv, so even an instant exit is kept."""
+    starts idle, gets remain-on-exit, then respawns into argv, so even an instant exit is kept.
+    `mark` sets Control Room's launch mark (a runtime with that launch_token may kill it)."""
     server.cmd("new-session", "-d", "-s", name, "-x", "80", "-y", "24", "sleep", "3600")
+    if mark:
+        server.cmd("set-option", "-t", f"={name}:", "@controlroom", mark)
     if remain_on_exit:
         server.cmd("set-option", "-t", name, "-w", "remain-on-exit", "on")
     if argv:

@@ -311,8 +311,9 @@ def test_the_runtime_page_offers_stop_only_to_operators(client):
 
 
 def test_stop_asks_for_confirmation_then_records_a_controller_kill(client, tmux, tmux_socket):
-    start_session(tmux, "cr-mc-9-cc", "sleep", "60")
-    runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-9-cc", runtime_class=RuntimeClass.TMUX_LIVE)
+    start_session(tmux, "cr-mc-9-cc", "sleep", "60", mark="m9")
+    runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-9-cc", launch_token="m9",
+                           runtime_class=RuntimeClass.TMUX_LIVE)  # fmt: skip
     url = reverse("admin:runtimes_runtime_stop", args=[runtime.pk])
     login_as(client, "operators")
 

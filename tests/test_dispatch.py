@@ -7,6 +7,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from runtimes.models import LivenessEvent, ModelSmokeResult, Runtime, WorkerProfile
+from runtimes.probes.processes import create_time_of
 from runtimes.reconcile import reconcile
 from tests.conftest import make_runtime, make_ticket, start_session, wait_for
 from tickets.models import Ticket
@@ -138,6 +139,10 @@ def test_a_passing_launch_creates_one_session_running_the_exact_model(fake_bin, 
         "pending", "claude", "claude-opus-4-7", "test-host"
     )  # fmt: skip
     assert runtime.pid and runtime.pid_create_time
+    assert len(runtime.launch_token) == 32  # the session carries the launch's own mark
+    assert tmux.cmd("show-options", "-t", f"={runtime.tmux_target}:", "-v", "@controlroom").stdout == [
+        runtime.launch_token
+    ]
     assert list(runtime.events.values_list("source", "to_class")) == [("launch", "pending")]
     start = tmux.cmd("display-message", "-p", "-t", runtime.tmux_target, "#{pane_start_command}").stdout[0]
     assert "--model claude-opus-4-7" in start
@@ -205,9 +210,10 @@ def test_bad_launch_input_is_a_clear_error_and_writes_nothing(fake_bin, tmux, la
 
 
 def test_stop_worker_kills_the_session_and_records_a_controller_kill(tmux, tmux_socket, capsys):
-    pid = start_session(tmux, "cr-mc-1-aa", "sleep", "60")
+    pid = start_session(tmux, "cr-mc-1-aa", "sleep", "60", mark="m1")
     ticket = make_ticket(failure_reason="")
     runtime = make_runtime(ticket=ticket, tmux_socket=tmux_socket, tmux_target="cr-mc-1-aa", pid=pid,
+                           pid_create_time=create_time_of(pid), launch_token="m1",
                            runtime_class="tmux-live")  # fmt: skip
     call_command("stop_worker", runtime.handle, "--by", "maria")
     runtime.refresh_from_db()
@@ -223,8 +229,6 @@ def test_stop_worker_kills_the_session_and_records_a_controller_kill(tmux, tmux_
 
 
 def test_stop_worker_terminates_a_background_process(sleeper):
-    from runtimes.probes.processes import create_time_of
-
     process = sleeper()
     runtime = make_runtime(kind="process", pid=process.pid, pid_create_time=create_time_of(process.pid),
                            runtime_class="process-live")  # fmt: skip
@@ -245,12 +249,13 @@ def test_stop_worker_never_signals_a_reused_pid(sleeper):
 
 
 def test_reap_stops_workers_of_closed_tickets_and_orphan_sessions(tmux, tmux_socket, capsys):
-    start_session(tmux, "cr-mc-2-bb", "sleep", "60")
-    start_session(tmux, "cr-mc-3-cc", "sleep", "60")  # nobody owns it
+    start_session(tmux, "cr-mc-2-bb", "sleep", "60", mark="m2")
+    start_session(tmux, "cr-mc-3-cc", "sleep", "60", mark="m3")  # nobody owns it
     start_session(tmux, "someone-elses", "sleep", "60")  # not Control Room's
     done = make_ticket(key="MC-2", state="done")
     make_ticket(key="MC-3")
-    owned = make_runtime(ticket=done, tmux_socket=tmux_socket, tmux_target="cr-mc-2-bb", runtime_class="tmux-live")
+    owned = make_runtime(ticket=done, tmux_socket=tmux_socket, tmux_target="cr-mc-2-bb", launch_token="m2",
+                         runtime_class="tmux-live")  # fmt: skip
 
     call_command("reap_workers", "--dry-run", "--tmux-socket", tmux_socket)
     out = capsys.readouterr().out
@@ -268,8 +273,9 @@ def test_reap_stops_workers_of_closed_tickets_and_orphan_sessions(tmux, tmux_soc
 
 
 def test_stop_action_in_the_admin_reports_how_many_changed(admin_client, tmux, tmux_socket):
-    start_session(tmux, "cr-mc-4-dd", "sleep", "60")
-    runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-4-dd", runtime_class="tmux-live")
+    start_session(tmux, "cr-mc-4-dd", "sleep", "60", mark="m4")
+    runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-4-dd", launch_token="m4",
+                           runtime_class="tmux-live")  # fmt: skip
     asked = admin_client.post("/admin/runtimes/runtime/", {"action": "stop_workers", "_selected_action": [runtime.pk]})
     assert "Yes, stop it" in asked.content.decode()  # the confirmation page; nothing stopped yet
     runtime.refresh_from_db()
@@ -287,12 +293,12 @@ def test_stop_action_in_the_admin_reports_how_many_changed(admin_client, tmux, t
 def test_one_worker_that_cannot_be_stopped_never_stops_the_sweep(tmux, tmux_socket, monkeypatch, capsys):
     from runtimes.runs import controller
 
-    start_session(tmux, "cr-mc-5-ee", "sleep", "60")
-    start_session(tmux, "cr-mc-6-ff", "sleep", "60")
+    start_session(tmux, "cr-mc-5-ee", "sleep", "60", mark="m5")
+    start_session(tmux, "cr-mc-6-ff", "sleep", "60", mark="m6")
     stuck = make_runtime(ticket=make_ticket(key="MC-5", state="done"), tmux_socket=tmux_socket,
-                         tmux_target="cr-mc-5-ee", runtime_class="tmux-live")  # fmt: skip
+                         tmux_target="cr-mc-5-ee", launch_token="m5", runtime_class="tmux-live")  # fmt: skip
     fine = make_runtime(ticket=make_ticket(key="MC-6", state="cancelled"), tmux_socket=tmux_socket,
-                        tmux_target="cr-mc-6-ff", runtime_class="tmux-live")  # fmt: skip
+                        tmux_target="cr-mc-6-ff", launch_token="m6", runtime_class="tmux-live")  # fmt: skip
     real_kill = controller._kill_tmux_session
 
     def kill(socket, target):
@@ -312,8 +318,9 @@ def test_one_worker_that_cannot_be_stopped_never_stops_the_sweep(tmux, tmux_sock
 def test_a_stopped_worker_whose_session_cannot_be_killed_is_still_a_controller_kill(tmux, tmux_socket, monkeypatch):
     from runtimes.runs import controller
 
-    pid = start_session(tmux, "cr-mc-7-aa", "sleep", "60")
-    runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-7-aa", pid=pid, runtime_class="tmux-live")
+    pid = start_session(tmux, "cr-mc-7-aa", "sleep", "60", mark="m7")
+    runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-7-aa", pid=pid, launch_token="m7",
+                           pid_create_time=create_time_of(pid), runtime_class="tmux-live")  # fmt: skip
 
     def refuse(socket, target):
         raise controller.ControllerError("tmux kill-session cr-mc-7-aa failed: server busy")

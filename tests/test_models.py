@@ -71,9 +71,11 @@ def test_pure_classifier_names_match_the_model_choices():
     names = {value for key, value in vars(liveness).items() if key.isupper() and isinstance(value, str)}
     reasons = {liveness.PERMISSION_PROMPT, liveness.ELICITATION, liveness.IDLE_PROMPT, liveness.USAGE_LIMIT,
                liveness.NO_PROGRESS, liveness.WORKING}  # fmt: skip
+    actions = set(liveness.CONTROLLER_ACTIONS)
     classes = names - {liveness.ALIVE, liveness.GONE, liveness.ZOMBIE, liveness.REUSED, liveness.DENIED} - reasons
-    assert classes == set(RuntimeClass.values)
+    assert classes - actions == set(RuntimeClass.values)
     assert reasons <= set(Reason.values)
+    assert actions == set(Runtime.ControllerAction.values)
 
 
 def test_str_is_cheap_and_identifying(django_assert_num_queries):

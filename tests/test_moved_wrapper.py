@@ -9,6 +9,7 @@ from django.core.management import call_command
 
 import runtimes.runs.exec_worker
 from runtimes.models import RuntimeClass
+from runtimes.probes.processes import create_time_of
 from tests.conftest import make_runtime, pane_is_dead, start_session, wait_for
 from tickets.models import Ticket
 
@@ -21,8 +22,9 @@ def launch_with_old_wrapper(tmux, tmux_socket, fake_bin, tmp_path, session, mode
     log = tmp_path / f"{session}.jsonl"
     cli = [str(fake_bin / "claude"), "-p", "--output-format", "stream-json", "--verbose", "--model", model]
     pid = start_session(tmux, session, sys.executable, str(old_wrapper), "--stdin", str(prompt), "--stdout", str(log),
-                        "--", *cli)  # fmt: skip
+                        "--", *cli, mark=f"mark-{session}")  # fmt: skip
     return make_runtime(handle=f"tmux:{session}", tmux_socket=tmux_socket, tmux_target=session, pid=pid,
+                        launch_token=f"mark-{session}", pid_create_time=create_time_of(pid),
                         provider="claude", model=model, output_path=str(log),
                         runtime_class=RuntimeClass.TMUX_LIVE)  # fmt: skip
 

@@ -72,6 +72,25 @@ def kill_session(socket, session, **options):
         raise TmuxError(f"tmux kill-session {session} failed: {done.stderr.strip()}")
 
 
+# The tmux user option that marks a session as started by Control Room; its value is the
+# runtime's launch token, so a stop kills only the session its own launch created.
+MARK_OPTION = "@controlroom"
+
+
+def session_mark(socket, session, **options):
+    """The session's Control Room mark: None when the session (or its server) does not exist,
+    "" when it exists without a mark, else the launch token it carries."""
+    done = run(socket, "show-options", "-t", f"={session}:", "-v", MARK_OPTION, **options)
+    if done.returncode == 0:
+        return done.stdout.strip()
+    stderr = done.stderr.strip()
+    if is_no_server(stderr) or stderr.startswith(("no such session", "can't find session")):
+        return None
+    if stderr.startswith("invalid option"):
+        return ""
+    raise TmuxError(f"tmux show-options {session} failed: {stderr or f'exit status {done.returncode}'}")
+
+
 def is_no_server(stderr):
     text = stderr.strip()
     if text.startswith(_NO_SERVER[0]):

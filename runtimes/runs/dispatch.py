@@ -230,8 +230,9 @@ def launch(request, now=None):
     notify = settings.CONTROLROOM["WATCH_SOCKET"]
     command = [sys.executable, str(Path(exec_worker.__file__).resolve()), "--stdin", str(prompt_path), "--stdout",
                str(output_path), *(["--notify", notify] if notify else []), "--", *worker_argv(profile)]  # fmt: skip
+    token = secrets.token_hex(16)
     try:
-        pane_pid = start_tmux_session(request.tmux_socket, session, request.cwd, command)
+        pane_pid = start_tmux_session(request.tmux_socket, session, request.cwd, command, mark=token)
     except DispatchError:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -244,6 +245,7 @@ def launch(request, now=None):
                 host=settings.CONTROLROOM_HOST,
                 tmux_socket=request.tmux_socket,
                 tmux_target=session,
+                launch_token=token,
                 pid=pane_pid,
                 pid_create_time=process_probe.create_time_of(pane_pid) if pane_pid else None,
                 provider=profile.provider,
@@ -281,14 +283,16 @@ def _tmux(socket, *args):
     return done.stdout
 
 
-def start_tmux_session(socket, session, cwd, command):
+def start_tmux_session(socket, session, cwd, command, mark):
     """Start `command` (an argv list, never a shell string) in a new detached session with
-    remain-on-exit on; return the pane's pid. The session starts idle, gets remain-on-exit,
+    remain-on-exit on; return the pane's pid. The session starts idle, gets remain-on-exit and
+    Control Room's mark (the launch token, which a stop checks before killing the session),
     then respawns into the command, so even an instant exit leaves a dead pane to read."""
     if len(command) < 2:
         raise DispatchError("refusing a one-word command: tmux would hand it to a shell")
     _tmux(socket, "new-session", "-d", "-s", session, "-c", cwd, "-x", "200", "-y", "50", "sleep", "600")
     try:
+        _tmux(socket, "set-option", "-t", f"={session}:", tmux_probe.MARK_OPTION, mark)
         _tmux(socket, "set-option", "-w", "-t", session, "remain-on-exit", "on")
         _tmux(socket, "respawn-pane", "-k", "-t", session, "-c", cwd, "--", *command)
         pid = _tmux(socket, "display-message", "-p", "-t", session, "#{pane_pid}").strip()

@@ -169,6 +169,8 @@ def harvest(runtime, observation, now, host):
         return None
     if runtime.runtime_class in (RuntimeClass.KILLED_BY_CONTROLLER, RuntimeClass.COMPLETED_BY_CONTROLLER):
         raise HarvestError(f"{runtime.handle} is already settled as {runtime.runtime_class}.")
+    if runtime.controller_action == liveness.STOPPING:
+        raise HarvestError(f"{runtime.handle} is being stopped by the controller: its end is a controller kill.")
     result = liveness.classify(observe.facts_of(runtime), observation, now, observe.policy_from_settings())
     if result.runtime_class == RuntimeClass.UNKNOWN:
         raise HarvestError(f"Cannot see {runtime.handle}: {result.message}")

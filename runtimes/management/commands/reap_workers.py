@@ -20,14 +20,22 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"would stop {runtime.handle} (ticket {runtime.ticket.key} is {runtime.ticket.state})"
                 )
-            for socket, session in plan.orphans:
+            for socket, session, _ in plan.orphans:
                 self.stdout.write(f"would stop orphan session {session} on {socket or 'default'}")
+            self._report_unmarked(plan)
             self.stdout.write(f"{len(plan.runtimes) + len(plan.orphans)} worker(s) would be stopped.")
             return
         for line in plan.done:
             self.stdout.write(line)
+        self._report_unmarked(plan)
         for line in plan.failed:
             self.stderr.write(line)
         self.stdout.write(f"Stopped {len(plan.done)} worker(s).")
         if plan.failed:
             raise CommandError(f"{len(plan.failed)} worker(s) could not be stopped; see the lines above.")
+
+    def _report_unmarked(self, plan):
+        for socket, session in plan.unmarked:
+            self.stdout.write(
+                f"left alone: session {session} on {socket or 'default'} has no Control Room mark (not ours to stop)"
+            )

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from runtimes.management import runtime_for_handle
-from runtimes.runs.controller import ControllerError, stop_runtime
+from runtimes.runs.controller import ControllerError, StopState, stop_runtime
 
 
 class Command(BaseCommand):
@@ -15,10 +15,12 @@ class Command(BaseCommand):
     def handle(self, *args, handle, host, by, **options):
         runtime = runtime_for_handle(handle, host)
         try:
-            written = stop_runtime(runtime, by=by)
+            result = stop_runtime(runtime, by=by)
         except ControllerError as error:
             raise CommandError(str(error)) from None
-        if written:
-            self.stdout.write(f"{handle}: killed-by-controller — {written.message}")
-        else:
+        if result is None:
             self.stdout.write(f"{handle}: already {runtime.runtime_class}; nothing to stop.")
+        elif result.state == StopState.REQUESTED:
+            self.stdout.write(f"{handle}: stop requested (task {result.task_id}) — {result.message}")
+        else:
+            self.stdout.write(f"{handle}: killed-by-controller — {result.message}")
