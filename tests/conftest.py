@@ -132,7 +132,12 @@ def fake_bin(tmp_path, settings):
 
 @pytest.fixture(autouse=True)
 def _isolated_run_dir(settings, tmp_path_factory):
-    settings.CONTROLROOM = {**settings.CONTROLROOM, "RUN_DIR": tmp_path_factory.mktemp("runs")}
+    # Launched fakes report to a closed local port unless a test points them at its live server.
+    settings.CONTROLROOM = {
+        **settings.CONTROLROOM,
+        "RUN_DIR": tmp_path_factory.mktemp("runs"),
+        "URL": "http://127.0.0.1:9",
+    }
 
 
 def postgres_url():

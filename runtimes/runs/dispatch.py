@@ -20,6 +20,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
+from runtimes.intake import wiring
 from runtimes.models import (
     LivenessEvent,
     ModelSmokeResult,
@@ -156,20 +157,21 @@ def recent_passing_smoke(provider, model, now):
     return latest if latest and latest.ok and latest.checked_at >= cutoff else None
 
 
-def worker_argv(profile):
-    """The CLI's argv for a profile: machine-readable output, the exact model, the profile's flags."""
+def worker_argv(profile, reporting_args=()):
+    """The CLI's argv for a profile: machine-readable output, the exact model, the profile's flags,
+    and the switches that make the worker report itself (runtimes.intake.wiring)."""
     binary = cli_bin(profile.provider)
     if profile.provider == Provider.CODEX:
         argv = [binary, "exec", "--json", "--skip-git-repo-check", "-m", profile.model]
         if profile.effort:
             argv += ["-c", f"model_reasoning_effort={profile.effort}"]
-        return [*argv, *profile.extra_args, "-"]
+        return [*argv, *reporting_args, *profile.extra_args, "-"]
     argv = [binary, "-p", "--output-format", "stream-json", "--verbose", "--model", profile.model]
     if profile.max_turns:
         argv += ["--max-turns", str(profile.max_turns)]
     if profile.max_budget_usd:
         argv += ["--max-budget-usd", str(profile.max_budget_usd)]
-    return [*argv, *profile.extra_args]
+    return [*argv, *reporting_args, *profile.extra_args]
 
 
 @dataclass
@@ -228,15 +230,13 @@ def launch(request, now=None):
             f"Cannot write the worker's files under CONTROLROOM_RUN_DIR ({run_dir}): {error.strerror}."
         ) from None
     notify = settings.CONTROLROOM["WATCH_SOCKET"]
-    command = [sys.executable, str(Path(exec_worker.__file__).resolve()), "--stdin", str(prompt_path), "--stdout",
-               str(output_path), *(["--notify", notify] if notify else []), "--", *worker_argv(profile)]  # fmt: skip
-    token = secrets.token_hex(16)
+    wrapper = [sys.executable, str(Path(exec_worker.__file__).resolve()), "--stdin", str(prompt_path), "--stdout",
+               str(output_path), *(["--notify", notify] if notify else []), "--"]  # fmt: skip
+    session_started = False
+    mark = secrets.token_hex(16)  # marks the tmux session as ours (stops check it)
     try:
-        pane_pid = start_tmux_session(request.tmux_socket, session, request.cwd, command, mark=token)
-    except DispatchError:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    try:
+        # One transaction: the row (its id is in the hooks' URL), its token and the launch event
+        # are recorded together with the session, or not at all.
         with transaction.atomic():
             runtime = Runtime.objects.create(
                 ticket=ticket,
@@ -245,9 +245,7 @@ def launch(request, now=None):
                 host=settings.CONTROLROOM_HOST,
                 tmux_socket=request.tmux_socket,
                 tmux_target=session,
-                launch_token=token,
-                pid=pane_pid,
-                pid_create_time=process_probe.create_time_of(pane_pid) if pane_pid else None,
+                launch_token=mark,
                 provider=profile.provider,
                 model=profile.model,
                 profile=profile.name,
@@ -258,17 +256,30 @@ def launch(request, now=None):
                 class_reason=Reason.LAUNCHED,
                 class_message=f"launched {profile.model} in tmux session {session}",
             )
+            try:
+                reporting = wiring.wire(runtime, run_dir, profile.provider)
+            except OSError as error:
+                message = f"Cannot write the worker's reporting files in {run_dir}: {error.strerror}."
+                raise DispatchError(message) from None
+            command = [*wrapper, *worker_argv(profile, reporting.cli_args)]
+            pane_pid = start_tmux_session(request.tmux_socket, session, request.cwd, command, mark=mark)
+            session_started = True
+            runtime.pid = pane_pid
+            runtime.pid_create_time = process_probe.create_time_of(pane_pid) if pane_pid else None
+            runtime.save(update_fields=["pid", "pid_create_time"])
             LivenessEvent.objects.create(
                 runtime=runtime, at=now, from_class="", to_class=RuntimeClass.PENDING, reason=Reason.LAUNCHED,
                 message=runtime.class_message, source=LivenessEvent.Source.LAUNCH, host=runtime.host,
-                observed={"pane_pid": pane_pid, "smoke_result": smoke.pk, "argv0": command[0]},
+                observed={"pane_pid": pane_pid, "smoke_result": smoke.pk, "argv0": command[0],
+                          "reports": reporting.transport},
             )  # fmt: skip
     except Exception as error:
-        _kill_session_quietly(request.tmux_socket, session)
+        if session_started:
+            _kill_session_quietly(request.tmux_socket, session)
+        shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(error, DatabaseError):
-            raise DispatchError(
-                f"Could not record the launch ({error}); the tmux session was stopped and nothing was recorded."
-            ) from error
+            stopped = "the tmux session was stopped and " if session_started else ""
+            raise DispatchError(f"Could not record the launch ({error}); {stopped}nothing was recorded.") from error
         raise
     return runtime
 

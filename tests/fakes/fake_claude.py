@@ -8,19 +8,25 @@ The behaviour is chosen by the model name (so it works under tmux, whatever the 
   claude-max-turns      error_max_turns after some work
   claude-*-crash        starts streaming, then dies by SIGKILL with no result
   claude-cost-X.YZ      success costing X.YZ USD (total_cost_usd)
+  claude-asks-permission  with hooks (a worker, not a smoke test): shows a permission prompt and waits
   claude-session-limit  stream-json: a rejected rate_limit_event (resetsAt RESETS_AT) then the result
                         "You've hit your session limit · resets 3pm", exit 1
   claude-weekly-limit   the result "You've hit your weekly limit · resets Dec 1, 9am" only, exit 1
   (a file `limit_cleared` beside this file makes the *-limit models succeed: the limit has reset)
   anything else         success, with the final text from FAKE_RESULT or "DONE — patch written"
-Every call is appended to calls.jsonl beside this file (argv and stdin, exact).
+Every call is appended to calls.jsonl beside this file (argv and stdin, exact). With
+`--settings FILE`, its hooks fire as Claude fires them: `http` hooks POST the hook input JSON,
+`command` hooks get it on stdin (a *-limit model fires StopFailure with error rate_limit).
 """
 
 import json
 import os
+import shlex
 import signal
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 args = sys.argv[1:]
@@ -70,6 +76,30 @@ def result(subtype, is_error, text=None, **extra):
     emit(obj)
 
 
+HOOKS = json.loads(Path(args[args.index("--settings") + 1]).read_text()) if "--settings" in args else {}
+
+
+def fire(event, **fields):
+    """Run the settings' hooks for `event` with the hook input Claude sends."""
+    payload = {"session_id": SESSION, "transcript_path": f"/tmp/{SESSION}.jsonl", "cwd": os.getcwd(),
+               "hook_event_name": event, "permission_mode": "default", **fields}  # fmt: skip
+    body = json.dumps(payload).encode()
+    for entry in HOOKS.get("hooks", {}).get(event, []):
+        for hook in entry["hooks"]:
+            try:
+                if hook["type"] == "http":
+                    request = urllib.request.Request(hook["url"], data=body, headers=hook.get("headers", {}))
+                    request.add_header("Content-Type", "application/json")
+                    urllib.request.urlopen(request, timeout=hook.get("timeout", 30)).close()
+                elif hook["type"] == "command":
+                    subprocess.run(
+                        shlex.split(hook["command"]), input=body, timeout=hook.get("timeout", 60), check=False
+                    )
+            except OSError as error:  # a failing hook never stops Claude
+                print(f"hook {event} failed: {error}", file=sys.stderr)
+
+
+fire("UserPromptSubmit", prompt=stdin.decode("utf-8", "replace"))
 RESETS_AT = 1795705200  # 2026-11-26 15:00 UTC
 if model.endswith("-limit") and not Path(__file__).with_name("limit_cleared").exists():
     if stream:
@@ -77,6 +107,8 @@ if model.endswith("-limit") and not Path(__file__).with_name("limit_cleared").ex
         if model == "claude-session-limit":
             emit({"type": "rate_limit_event", "rate_limit_info": info, "session_id": SESSION})
         emit({"type": "assistant", "message": {"content": [{"type": "text", "text": "limit"}]}, "error": "rate_limit"})
+    fire("StopFailure", error="rate_limit", last_assistant_message="")
+    fire("SessionEnd", reason="other")
     which = "session" if model == "claude-session-limit" else "weekly"
     reset = "3pm" if which == "session" else "Dec 1, 9am"
     result("success", True, f"You've hit your {which} limit · resets {reset}", terminal_reason="completed",
@@ -84,6 +116,11 @@ if model.endswith("-limit") and not Path(__file__).with_name("limit_cleared").ex
     sys.exit(1)
 if model == "claude-hang":
     time.sleep(600)
+if model == "claude-asks-permission" and HOOKS:
+    fire("PermissionRequest", tool_name="Bash", tool_input={"command": "rm -rf build"})
+    fire("Notification", message="Claude needs your permission to use Bash", notification_type="permission_prompt")
+    time.sleep(600)
+fire("PreToolUse", tool_name="Bash", tool_input={"command": "make test"})
 if stream:
     emit(
         {
@@ -116,5 +153,7 @@ if model == "claude-not-logged-in":
 if model == "claude-max-turns":
     result("error_max_turns", True, errors=["Reached maximum number of turns (2)"], terminal_reason="max_turns")
     sys.exit(1)
+fire("Stop", stop_hook_active=False, last_assistant_message="DONE — patch written")
+fire("SessionEnd", reason="other")
 result("success", False, os.environ.get("FAKE_RESULT", "DONE — patch written"), terminal_reason="completed")
 sys.exit(0)

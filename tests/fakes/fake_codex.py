@@ -5,10 +5,12 @@ Sign-in mode: the file `auth_mode` beside this file holds chatgpt (default), api
 Models: under ChatGPT sign-in, codex-mini-latest, gpt-5.3-codex and o4-mini are rejected with the
 documented 400 message; gpt-hang sleeps; gpt-limit hits the usage limit ("… try again at 6:39 AM.",
 unless a file `limit_cleared` is beside this file); anything else completes with "DONE — implemented".
-Every call is appended to calls.jsonl beside this file (argv and stdin, exact).
+Every call is appended to calls.jsonl beside this file (argv and stdin, exact). With
+`-c notify=[…]` it runs that program after the turn with the notify JSON as its last argument.
 """
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,4 +72,11 @@ emit({"type": "item.completed", "item": {"id": "item_0", "type": "agent_message"
 usage = {"input_tokens": 1_200_000, "cached_input_tokens": 1_000_000, "cache_write_input_tokens": 0,
          "output_tokens": 100_000, "reasoning_output_tokens": 40_000}  # fmt: skip
 emit({"type": "turn.completed", "usage": usage})
+# `-c notify=[…]`: after each turn Codex runs that program with the notify JSON as one more argument.
+for flag, value in zip(args, args[1:], strict=False):
+    if flag == "-c" and value.startswith("notify="):
+        notice = {"type": "agent-turn-complete", "thread-id": thread, "turn-id": "1", "cwd": str(Path.cwd()),
+                  "client": "codex_exec", "input-messages": [stdin.decode(errors="replace")],
+                  "last-assistant-message": "DONE — implemented"}  # fmt: skip
+        subprocess.run([*json.loads(value.removeprefix("notify=")), json.dumps(notice)], check=False, timeout=30)
 sys.exit(0)
