@@ -1,4 +1,6 @@
-"""Realistic demo data for a fresh Control Room; safe to load again (keyed by ticket key / handle).
+"""Realistic demo data for a fresh Control Room; safe to load again (keyed by ticket key / handle):
+a second load creates only what is missing and never touches what exists, so a demo worker an
+operator stopped or recovered, or a ticket they cancelled, stays as they left it.
 
 The demo runtimes live on hosts named `demo-a` and `demo-b`, which no reconciler here probes, so
 they keep the states shown below instead of being re-observed against this machine.
@@ -62,13 +64,13 @@ RUNTIMES = [
 
 @transaction.atomic
 def seed(now=None):
-    """Create or refresh the demo rows; returns (tickets created, runtimes created)."""
+    """Create the demo rows that are missing; returns (tickets created, runtimes created)."""
     now = now or timezone.now()
     tickets_created = runtimes_created = 0
     tickets = {}
     for key, title, state, kind, owner, parent, banner in TICKETS:
         closed = state in Ticket.CLOSED_STATES
-        ticket, created = Ticket.objects.update_or_create(
+        ticket, created = Ticket.objects.get_or_create(
             key=key,
             defaults={
                 "title": title,
@@ -78,7 +80,7 @@ def seed(now=None):
                 "parent": tickets.get(parent),
                 "failure_reason": banner,
                 "closed_at": now - timedelta(hours=2) if closed else None,
-                "closed_by": "validator:qa-bot" if state == T.DONE else ("ops" if closed else ""),
+                "closed_by": "qa-bot" if state == T.DONE else ("ops" if closed else ""),
             },
         )
         tickets[key] = ticket
@@ -88,7 +90,7 @@ def seed(now=None):
         extra = dict(extra)
         activity = extra.pop("last_activity", None)
         started = now - timedelta(minutes=minutes)
-        runtime, created = Runtime.objects.update_or_create(
+        runtime, created = Runtime.objects.get_or_create(
             host=host,
             handle=handle,
             defaults={
@@ -119,7 +121,12 @@ def seed(now=None):
     Verdict.objects.get_or_create(
         ticket=tickets["MC-4491"],
         gate=Verdict.Gate.VALIDATOR,
-        defaults={"outcome": Verdict.Outcome.APPROVED, "summary": "CI green three times in a row", "author": "qa-bot"},
+        defaults={
+            "outcome": Verdict.Outcome.APPROVED,
+            "summary": "CI green three times in a row",
+            "author": "qa-bot",
+            "recorded_by": "qa-bot",
+        },
     )
     return tickets_created, runtimes_created
 

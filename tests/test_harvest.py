@@ -116,9 +116,9 @@ def test_harvest_of_an_unknown_handle_says_what_to_do():
 
 def test_a_validator_verdict_closes_the_ticket_and_clears_its_banner():
     ticket = make_ticket(failure_reason="tmux:cr-old failed: api error")
-    Verdict.objects.create(ticket=ticket, gate="validator", outcome="approved", author="qa-bot")
+    Verdict.objects.create(ticket=ticket, gate="validator", outcome="approved", author="qa-bot", recorded_by="maria")
     ticket.refresh_from_db()
-    assert (ticket.state, ticket.closed_by, ticket.failure_reason) == ("done", "qa-bot", "")
+    assert (ticket.state, ticket.closed_by, ticket.failure_reason) == ("done", "maria", "")
     assert ticket.closed_at is not None
 
 

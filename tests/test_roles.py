@@ -28,7 +28,7 @@ def ticket_post(ticket, **changes):
         "key": ticket.key, "title": ticket.title, "description": "", "state": ticket.state, "kind": ticket.kind,
         "priority": ticket.priority, "owner": "", "parent": "", "failure_reason": ticket.failure_reason, "note": "",
         "verdicts-TOTAL_FORMS": "0", "verdicts-INITIAL_FORMS": "0", "runtimes-TOTAL_FORMS": "0",
-        "runtimes-INITIAL_FORMS": "0",
+        "runtimes-INITIAL_FORMS": "0", "history-TOTAL_FORMS": "0", "history-INITIAL_FORMS": "0",
     }  # fmt: skip
     data.update(changes)
     return data

@@ -9,7 +9,7 @@ from django.utils.html import format_html
 from runtimes.admin import AttentionFirstChangeList
 from runtimes.console import board, humanize
 from runtimes.models import LIVE_CLASSES, Runtime
-from tickets.models import Ticket, Verdict, user_may_close_as_validator
+from tickets.models import Ticket, TicketEvent, Verdict, user_may_close_as_validator
 
 VALIDATOR_REFUSAL = "Only validators may record a validator verdict that closes a ticket."
 CLOSE_REFUSAL = "Only validators may close a ticket as done: record a validator verdict, or ask a validator."
@@ -57,8 +57,8 @@ class VerdictForm(forms.ModelForm):
 class VerdictInline(admin.TabularInline):
     model = Verdict
     form = VerdictForm
-    fields = ("created_at", "gate", "outcome", "summary", "author", "commit_sha", "runtime")
-    readonly_fields = ("created_at",)
+    fields = ("created_at", "gate", "outcome", "summary", "author", "commit_sha", "runtime", "recorded_by")
+    readonly_fields = ("created_at", "recorded_by")
     raw_id_fields = ("runtime",)
     extra = 0
     ordering = ("-created_at", "-pk")
@@ -70,6 +70,25 @@ class VerdictInline(admin.TabularInline):
 
     def has_change_permission(self, request, obj=None):
         return False  # verdicts are records: add new ones, never rewrite old ones
+
+
+class TicketEventInline(admin.TabularInline):
+    """The ticket's state history: who closed, cancelled or reopened it, and when (append-only)."""
+
+    model = TicketEvent
+    fields = ("at", "from_state", "to_state", "by")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-at", "-pk")
+    verbose_name_plural = "state history (newest first)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 class RuntimeInline(admin.TabularInline):
@@ -109,7 +128,7 @@ class TicketAdmin(admin.ModelAdmin):
     search_fields = ("key", "title", "owner")
     readonly_fields = ("banner_display", "closed_at", "closed_by", "created_at", "updated_at")
     raw_id_fields = ("parent",)
-    inlines = (VerdictInline, RuntimeInline)
+    inlines = (VerdictInline, TicketEventInline, RuntimeInline)
     show_full_result_count = False
     change_form_template = "admin/tickets/ticket/change_form.html"
     fieldsets = (
@@ -145,9 +164,19 @@ class TicketAdmin(admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj, form, change):
-        if "state" in form.changed_data and obj.state == Ticket.State.DONE:
-            obj.closed_by = request.user.get_username()
+        """The state changes as the signed-in user, through Ticket.move_to (closer and history)."""
+        state = obj.state
+        if change and "state" in form.changed_data:
+            obj.state = form.initial["state"]
         super().save_model(request, obj, form, change)
+        obj.move_to(state, by=request.user.get_username())
+
+    def save_formset(self, request, form, formset, change):
+        """New verdicts are recorded by the signed-in user (a closing one makes them the closer)."""
+        for verdict_form in formset.forms:
+            if isinstance(verdict_form.instance, Verdict) and not verdict_form.instance.pk:
+                verdict_form.instance.recorded_by = request.user.get_username()
+        super().save_formset(request, form, formset, change)
 
     # Tickets with runtimes needing attention first, then the most recently updated.
     attention_ordering = ("-attention_count", "-updated_at", "-pk")
@@ -198,7 +227,7 @@ class TicketAdmin(admin.ModelAdmin):
 @admin.register(Verdict)
 class VerdictAdmin(admin.ModelAdmin):
     form = VerdictForm
-    list_display = ("created_at", "ticket", "gate", "outcome", "author", "runtime")
+    list_display = ("created_at", "ticket", "gate", "outcome", "author", "recorded_by", "runtime")
     list_filter = ("gate", "outcome")
     list_select_related = ("ticket", "runtime")
     search_fields = ("ticket__key", "summary", "author")
@@ -210,6 +239,10 @@ class VerdictAdmin(admin.ModelAdmin):
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
         return type("VerdictFormForUser", (form,), {"user": request.user})
+
+    def save_model(self, request, obj, form, change):
+        obj.recorded_by = request.user.get_username()
+        super().save_model(request, obj, form, change)
 
     def has_change_permission(self, request, obj=None):
         return False if obj is not None else super().has_change_permission(request, obj)

@@ -1,5 +1,6 @@
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -133,12 +134,53 @@ class Ticket(models.Model):
         return self.state in self.CLOSED_STATES
 
     def close(self, by, now=None):
-        """Close the ticket as done and clear its failure banner (saves)."""
-        self.state = self.State.DONE
-        self.closed_at = now or timezone.now()
-        self.closed_by = by
+        """Close the ticket as done and clear its failure banner, as `by` (saves, and appends the
+        change to the ticket's history)."""
         self.failure_reason = ""
-        self.save(update_fields=["state", "closed_at", "closed_by", "failure_reason"])
+        if self.state == self.State.DONE:  # already closed: its closer stays on record
+            self.save(update_fields=["failure_reason"])
+            return
+        self.move_to(self.State.DONE, by=by, now=now, extra_fields=["failure_reason"])
+
+    def move_to(self, state, by, now=None, extra_fields=()):
+        """Change the state as `by` — the signed-in user or a command's --by — and append the
+        change to the ticket's history (a TicketEvent, never erased). Closing (done or cancelled)
+        records who and when in closed_by/closed_at; reopening clears them on the ticket, while
+        the history keeps every close, cancel and reopen. Saves; writes nothing when the state
+        does not change."""
+        previous = self.state
+        if state == previous:
+            return None
+        now = now or timezone.now()
+        self.state = state
+        if state in self.CLOSED_STATES:
+            self.closed_at, self.closed_by = now, by
+        with transaction.atomic():
+            self.save(update_fields=["state", *extra_fields])
+            return TicketEvent.objects.create(ticket=self, at=now, by=by, from_state=previous, to_state=state)
+
+
+class TicketEvent(models.Model):
+    """One change of a ticket's state, with who made it and when: the ticket's append-only history."""
+
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="history")
+    at = models.DateTimeField(default=timezone.now)
+    by = models.CharField(max_length=150, help_text="The signed-in user, a command's --by, or a verdict's recorder.")
+    from_state = models.CharField(max_length=16, choices=Ticket.State, blank=True)
+    to_state = models.CharField(max_length=16, choices=Ticket.State)
+
+    class Meta:
+        ordering = ("-at", "-pk")
+        constraints = [
+            models.CheckConstraint(name="ticket_event_has_author", condition=~Q(by="")),
+        ]
+        indexes = [
+            # The ticket page's history inline: this ticket's changes, newest first.
+            models.Index(fields=["ticket", "-at"], name="ticket_event_recent_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.from_state or '∅'} → {self.to_state} #{self.pk}"
 
 
 class Verdict(models.Model):
@@ -173,7 +215,13 @@ class Verdict(models.Model):
     gate = models.CharField(max_length=16, choices=Gate)
     outcome = models.CharField(max_length=20, choices=Outcome)
     summary = models.TextField(blank=True)
-    author = models.CharField(max_length=100, blank=True)
+    author = models.CharField(max_length=100, blank=True, help_text="Who gave the judgement (free text).")
+    recorded_by = models.CharField(
+        max_length=150,
+        blank=True,
+        editable=False,
+        help_text="Who recorded it: the signed-in user or a command's --by; a closing verdict's closer.",
+    )
     commit_sha = models.CharField(
         max_length=40,
         blank=True,
@@ -188,6 +236,13 @@ class Verdict(models.Model):
             models.UniqueConstraint(
                 fields=["runtime"], name="verdict_one_per_runtime", condition=Q(runtime__isnull=False)
             ),
+            # Whoever closes a ticket is on record (a trigger also keeps a verdict's runtime on its
+            # ticket: migration 0007).
+            models.CheckConstraint(
+                name="verdict_closing_has_recorder",
+                condition=~Q(gate="validator", outcome__in=["approved", "done"]) | ~Q(recorded_by=""),
+                violation_error_message="A verdict that closes a ticket must say who recorded it.",
+            ),
         ]
         indexes = [
             # The ticket page's verdict inline: this ticket's verdicts, newest first.
@@ -197,6 +252,12 @@ class Verdict(models.Model):
 
     def __str__(self):
         return f"{self.gate}:{self.outcome} #{self.pk}"
+
+    def clean(self):
+        if self.runtime_id and self.ticket_id and self.runtime.ticket_id != self.ticket_id:
+            raise ValidationError(
+                {"runtime": f"Runtime {self.runtime.handle} worked on another ticket: pick a run of this ticket."}
+            )
 
     @property
     def closes_ticket(self):

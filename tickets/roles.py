@@ -12,6 +12,7 @@ VALIDATORS = "validators"
 VIEW = [
     ("tickets", "view_ticket"),
     ("tickets", "view_verdict"),
+    ("tickets", "view_ticketevent"),  # the ticket's state history
     ("runtimes", "view_runtime"),
     ("runtimes", "view_livenessevent"),
     ("runtimes", "view_reconcilerheartbeat"),
