@@ -214,6 +214,8 @@ CONTROLROOM = {
     "STALL_AFTER": env_number("CONTROLROOM_STALL_AFTER", 900.0),
     "USAGE_LIMIT_PAUSE": env_number("CONTROLROOM_USAGE_LIMIT_PAUSE", 3600.0),
     "USAGE_LIMIT_GRACE": env_number("CONTROLROOM_USAGE_LIMIT_GRACE", 600.0),
+    # Hermes homes whose processes.json each reconcile pass mirrors (comma-separated; none: off).
+    "HERMES_HOMES": env_list("CONTROLROOM_HERMES_HOMES", []),
     # The ingest API: the largest request body taken (bytes), and the URL workers report to.
     "API_MAX_BODY": env_number("CONTROLROOM_API_MAX_BODY", 1024 * 1024, int, 1),
     "URL": os.environ.get("CONTROLROOM_URL", "http://127.0.0.1:8000").strip().rstrip("/"),

@@ -156,6 +156,20 @@ def silent_host_transitions(host, now):
     return [t for t in transitions if t], sorted(silent)
 
 
+def _import_hermes(summary, now):
+    """Mirror this host's Hermes background processes first (never breaks the pass)."""
+    from runtimes.intake import hermes  # intake imports reconcile for its harvest-at-once
+
+    try:
+        imported = hermes.import_homes(settings.CONTROLROOM["HERMES_HOMES"], now=now)
+    except Exception as error:  # a database hiccup here must not cost the pass
+        logger.exception("Hermes import failed")
+        imported = hermes.ImportSummary(errors=[("*", f"{type(error).__name__}: {error}")])
+    for home, why in imported.errors:
+        summary.errors += 1
+        summary.error_messages.append(f"hermes {home}: {why}"[:300])
+
+
 def reconcile(host=None, now=None, only=None, source=LivenessEvent.Source.RECONCILER):
     """Run one pass for `host` (default: this host) and return its summary.
 
@@ -167,6 +181,8 @@ def reconcile(host=None, now=None, only=None, source=LivenessEvent.Source.RECONC
     started = time.monotonic()
     policy = observe.policy_from_settings()
     summary = PassSummary(host=host)
+    if only is None and host == settings.CONTROLROOM_HOST and settings.CONTROLROOM["HERMES_HOMES"]:
+        _import_hermes(summary, now)
 
     runtimes = load_active(host, only)
     snapshot = observe.Snapshot.gather(runtimes)
