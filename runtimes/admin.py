@@ -27,7 +27,7 @@ from runtimes.models import (
     WatcherHeartbeat,
     WorkerProfile,
 )
-from runtimes.runs import controller
+from runtimes.runs import controller, resume
 
 # Badge colours per class: green alive, grey quiet or settled, amber waiting, red needs a look.
 BADGE_COLOURS = {
@@ -203,7 +203,7 @@ class RuntimeAdmin(admin.ModelAdmin):
     search_fields = ("handle", "ticket__key", "model")
     raw_id_fields = ("ticket",)
     inlines = (LivenessEventInline,)
-    actions = ("stop_workers", "recover_workers")
+    actions = ("stop_workers", "recover_workers", "resume_workers")
     show_full_result_count = False
     list_per_page = 50
     change_form_template = "admin/runtimes/runtime/change_form.html"
@@ -307,6 +307,19 @@ class RuntimeAdmin(admin.ModelAdmin):
     @admin.action(description="Mark work completed by the controller (recover)", permissions=("change",))
     def recover_workers(self, request, queryset):
         self._act(request, queryset, controller.recover_runtime, "Recovered")
+
+    @admin.action(description="Resume usage-limited worker (relaunch its session)", permissions=("change",))
+    def resume_workers(self, request, queryset):
+        resumed, failures = 0, []
+        for runtime in queryset.select_related("ticket"):
+            try:
+                resume.resume(runtime, by=request.user.get_username())
+                resumed += 1
+            except resume.ResumeError as error:
+                failures.append(str(error))
+        self.message_user(request, f"Resumed {resumed} runtime(s).", messages.SUCCESS)
+        for failure in failures:
+            self.message_user(request, failure, messages.ERROR)
 
     def _confirm_or_act(self, request, queryset, action, action_name):
         """Like Django's delete: first an intermediate page that names the runtimes, then the act."""

@@ -122,6 +122,12 @@ def apply(transitions, now, host):
         # Notifications leave only once this transaction has committed, and never fail it.
         changed = [t.runtime.pk for t in accepted]
         transaction.on_commit(lambda: notify.after_transitions(changed, now), robust=True)
+        # Runs that stopped on a usage limit (their process ended): schedule their auto-resume.
+        paused = [
+            t.runtime.pk for t in accepted if t.to_class == RuntimeClass.USAGE_LIMITED and t.updates.get("ended_at")
+        ]
+        if paused:
+            transaction.on_commit(lambda: _after_pauses(paused), robust=True)
     return accepted
 
 
@@ -134,6 +140,12 @@ def _update_rows(accepted):
         groups.setdefault(extra, []).append(t.runtime)
     for extra, rows in groups.items():
         Runtime.objects.bulk_update(rows, (*RUNTIME_FIELDS, *extra), batch_size=500)
+
+
+def _after_pauses(runtime_ids):
+    from runtimes.runs import resume  # resume launches workers, which records through this module
+
+    resume.after_pauses(runtime_ids)
 
 
 def _record_verdicts(accepted, now):
@@ -164,7 +176,7 @@ def ticket_effect(t):
     outcome = runtime.exit_outcome
     if t.to_class == RuntimeClass.COMPLETED_BY_CONTROLLER:
         return {"failure_reason": "", "note": f"completed by the controller from {runtime.handle}"}, False
-    if t.to_class == RuntimeClass.USAGE_LIMITED and t.ticket_note:
+    if t.to_class in (RuntimeClass.USAGE_LIMITED, RuntimeClass.RESUMED) and t.ticket_note:
         return {"note": t.ticket_note}, True
     if t.to_class in (RuntimeClass.TMUX_MISSING, RuntimeClass.PROCESS_DEAD):
         return {"failure_reason": f"{runtime.handle}: {_label(t.reason)} — {t.message}"}, True

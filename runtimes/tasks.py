@@ -20,3 +20,11 @@ def stop_runtime(runtime_id, by):
 
 def schedule_name(host):
     return f"{SCHEDULE_PREFIX}{host}"
+
+
+def auto_resume(runtime_id):
+    """The scheduled auto-resume of one usage-limited run (runtimes.runs.resume)."""
+    from runtimes.runs import resume
+
+    drop_unusable_connections()
+    return resume.auto_resume(runtime_id)

@@ -157,20 +157,25 @@ def recent_passing_smoke(provider, model, now):
     return latest if latest and latest.ok and latest.checked_at >= cutoff else None
 
 
-def worker_argv(profile, reporting_args=()):
+def worker_argv(profile, reporting_args=(), resume_session_id=""):
     """The CLI's argv for a profile: machine-readable output, the exact model, the profile's flags,
-    and the switches that make the worker report itself (runtimes.intake.wiring)."""
+    and the switches that make the worker report itself (runtimes.intake.wiring); with
+    `resume_session_id`, the CLI's resume form (Claude `--resume <session_id>`, Codex
+    `exec … resume <thread_id> -`), the prompt still on standard input."""
     binary = cli_bin(profile.provider)
     if profile.provider == Provider.CODEX:
         argv = [binary, "exec", "--json", "--skip-git-repo-check", "-m", profile.model]
         if profile.effort:
             argv += ["-c", f"model_reasoning_effort={profile.effort}"]
-        return [*argv, *reporting_args, *profile.extra_args, "-"]
+        resume = ["resume", resume_session_id] if resume_session_id else []
+        return [*argv, *reporting_args, *profile.extra_args, *resume, "-"]
     argv = [binary, "-p", "--output-format", "stream-json", "--verbose", "--model", profile.model]
     if profile.max_turns:
         argv += ["--max-turns", str(profile.max_turns)]
     if profile.max_budget_usd:
         argv += ["--max-budget-usd", str(profile.max_budget_usd)]
+    if resume_session_id:
+        argv += ["--resume", resume_session_id]
     return [*argv, *reporting_args, *profile.extra_args]
 
 
@@ -181,6 +186,8 @@ class LaunchRequest:
     cwd: str
     prompt_file: str
     tmux_socket: str = ""
+    prompt: bytes | None = None  # given instead of prompt_file (a resume's short prompt)
+    resumed_from: Runtime | None = None  # the usage-limited run this launch resumes
 
     def resolve(self):
         """Check everything an operator can get wrong, before anything runs."""
@@ -198,7 +205,7 @@ class LaunchRequest:
         if not Path(self.cwd).is_dir():
             raise DispatchError(f"--cwd {self.cwd} is not a directory.")
         try:
-            prompt = Path(self.prompt_file).read_bytes()
+            prompt = self.prompt if self.prompt is not None else Path(self.prompt_file).read_bytes()
         except OSError as error:
             raise DispatchError(f"Cannot read --prompt-file {self.prompt_file}: {error.strerror}.") from None
         if not prompt.strip():
@@ -213,6 +220,7 @@ def launch(request, now=None):
     tmux session exists when the model does not work."""
     now = now or timezone.now()
     ticket, profile, prompt = request.resolve()
+    resumed = request.resumed_from
     smoke = recent_passing_smoke(profile.provider, profile.model, now) or smoke_test(profile.provider, profile.model)
     if not smoke.ok:
         note = f"launch refused: {profile.provider} {profile.model}: {smoke.reason} — {smoke.message}"
@@ -254,14 +262,19 @@ def launch(request, now=None):
                 started_at=now,
                 class_changed_at=now,
                 class_reason=Reason.LAUNCHED,
-                class_message=f"launched {profile.model} in tmux session {session}",
+                class_message=f"launched {profile.model} in tmux session {session}"
+                + (f", resuming {resumed.handle}" if resumed else ""),
+                resumed_from=resumed,
+                resume_count=resumed.resume_count + 1 if resumed else 0,
+                agent_session_id=resumed.agent_session_id if resumed else "",
             )
             try:
                 reporting = wiring.wire(runtime, run_dir, profile.provider)
             except OSError as error:
                 message = f"Cannot write the worker's reporting files in {run_dir}: {error.strerror}."
                 raise DispatchError(message) from None
-            command = [*wrapper, *worker_argv(profile, reporting.cli_args)]
+            resume_id = resumed.agent_session_id if resumed else ""
+            command = [*wrapper, *worker_argv(profile, reporting.cli_args, resume_id)]
             pane_pid = start_tmux_session(request.tmux_socket, session, request.cwd, command, mark=mark)
             session_started = True
             runtime.pid = pane_pid

@@ -12,7 +12,8 @@ The behaviour is chosen by the model name (so it works under tmux, whatever the 
   claude-session-limit  stream-json: a rejected rate_limit_event (resetsAt RESETS_AT) then the result
                         "You've hit your session limit · resets 3pm", exit 1
   claude-weekly-limit   the result "You've hit your weekly limit · resets Dec 1, 9am" only, exit 1
-  (a file `limit_cleared` beside this file makes the *-limit models succeed: the limit has reset)
+  (a smoke test's prompt is never limited; a file `limit_cleared` beside this file makes the *-limit
+  models succeed: the limit has reset; a file `resets_at` holds the resetsAt epoch to print)
   anything else         success, with the final text from FAKE_RESULT or "DONE — patch written"
 Every call is appended to calls.jsonl beside this file (argv and stdin, exact). With
 `--settings FILE`, its hooks fire as Claude fires them: `http` hooks POST the hook input JSON,
@@ -100,8 +101,10 @@ def fire(event, **fields):
 
 
 fire("UserPromptSubmit", prompt=stdin.decode("utf-8", "replace"))
-RESETS_AT = 1795705200  # 2026-11-26 15:00 UTC
-if model.endswith("-limit") and not Path(__file__).with_name("limit_cleared").exists():
+HERE = Path(__file__).parent
+RESETS_AT = int((HERE / "resets_at").read_text()) if (HERE / "resets_at").exists() else 1795705200  # 15:00 UTC
+SMOKE = stdin.strip() == b"Reply with the single word OK."
+if model.endswith("-limit") and not SMOKE and not (HERE / "limit_cleared").exists():
     if stream:
         info = {"status": "rejected", "resetsAt": RESETS_AT, "rateLimitType": "five_hour", "utilization": 1.0}
         if model == "claude-session-limit":

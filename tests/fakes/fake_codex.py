@@ -4,7 +4,8 @@
 Sign-in mode: the file `auth_mode` beside this file holds chatgpt (default), apikey or none.
 Models: under ChatGPT sign-in, codex-mini-latest, gpt-5.3-codex and o4-mini are rejected with the
 documented 400 message; gpt-hang sleeps; gpt-limit hits the usage limit ("… try again at 6:39 AM.",
-unless a file `limit_cleared` is beside this file); anything else completes with "DONE — implemented".
+except for a smoke test's prompt or when a file `limit_cleared` is beside this file); anything else
+completes with "DONE — implemented".
 Every call is appended to calls.jsonl beside this file (argv and stdin, exact). With
 `-c notify=[…]` it runs that program after the turn with the notify JSON as its last argument.
 """
@@ -60,7 +61,8 @@ if mode == "chatgpt" and model in ("codex-mini-latest", "gpt-5.3-codex", "o4-min
     emit({"type": "error", "message": json.dumps(body)})
     emit({"type": "turn.failed", "error": {"message": json.dumps(body)}})
     sys.exit(1)
-if model == "gpt-limit" and not (HERE / "limit_cleared").exists():
+SMOKE = stdin.strip() == b"Reply with the single word OK."
+if model == "gpt-limit" and not SMOKE and not (HERE / "limit_cleared").exists():
     message = (
         "You’ve hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit "
         "https://chatgpt.com/codex/settings/usage to purchase more credits or try again at 6:39 AM."
