@@ -23,11 +23,11 @@ def test_resume_argv_is_claude_resume_flag_and_codex_exec_resume_subcommand(sett
     settings.CONTROLROOM = {**settings.CONTROLROOM, "CLAUDE_BIN": "claude", "CODEX_BIN": "codex"}
     claude = WorkerProfile(name="c", provider="claude", model="claude-opus-4-7", max_turns=30)
     codex = WorkerProfile(name="x", provider="codex", model="gpt-5.5", effort="high")
-    assert worker_argv(claude, "sess-9") == [
+    assert worker_argv(claude, (), "sess-9") == [
         "claude", "-p", "--output-format", "stream-json", "--verbose", "--model", "claude-opus-4-7",
         "--max-turns", "30", "--resume", "sess-9",
     ]  # fmt: skip
-    assert worker_argv(codex, "th-9") == [
+    assert worker_argv(codex, (), "th-9") == [
         "codex", "exec", "--json", "--skip-git-repo-check", "-m", "gpt-5.5", "-c", "model_reasoning_effort=high",
         "resume", "th-9", "-",
     ]  # fmt: skip
@@ -73,7 +73,8 @@ def test_resuming_a_claude_run_continues_its_session_as_a_new_linked_runtime(
     )
     assert wait_for(lambda: "--resume" in model_calls(fake_bin)[-1]["argv"])
     worker_call = model_calls(fake_bin)[-1]
-    assert worker_call["argv"][-2:] == ["--resume", "0b7f3a52-sess-1"] and worker_call["stdin"] == "continue\n"
+    argv = worker_call["argv"]
+    assert argv[argv.index("--resume") + 1] == "0b7f3a52-sess-1" and worker_call["stdin"] == "continue\n"
     successor = finish(successor)
     assert (successor.runtime_class, successor.exit_outcome) == ("exited", "completed")
     assert successor.agent_session_id == "0b7f3a52-sess-1"

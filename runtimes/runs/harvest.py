@@ -91,8 +91,9 @@ def paused_until_text(resumes_at, zone, now):
 
 def pause_transition(runtime, source, outcome, exit_code, exit_signal, pane_message, facts, now):
     """A run stopped by a usage limit: `usage-limited` until the reset (not exited, no banner).
-    Unknown reset → CONTROLROOM_USAGE_LIMIT_PAUSE from now. None when it is already paused."""
-    if runtime.runtime_class == RuntimeClass.USAGE_LIMITED:
+    Unknown reset → CONTROLROOM_USAGE_LIMIT_PAUSE from now. None when it is already paused; a run
+    a hook marked usage-limited while it still ran gets its reset, usage and end recorded now."""
+    if runtime.runtime_class == RuntimeClass.USAGE_LIMITED and runtime.ended_at:
         return None
     zone = host_time_zone(runtime.host)
     resumes_at = outcomes.limit_resets_at(outcome.limit, now, zone)
