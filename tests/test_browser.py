@@ -172,7 +172,7 @@ def test_the_ticket_page_reads_as_an_activity_feed(page, live_server, worker):
     Comment.objects.create(ticket=ticket, kind="controller", author="controller",
                            body="Coder gate dispatched: claude-opus-4-7 on tmux")  # fmt: skip
     Verdict.objects.create(ticket=ticket, gate="validator", outcome="approved", author="validator",
-                           summary="Validator gate complete: tests pass")  # fmt: skip
+                           recorded_by="validator", summary="Validator gate complete: tests pass")  # fmt: skip
     log_in(page, live_server, "viewers")
     page.goto(f"{live_server.url}/admin/tickets/ticket/{ticket.pk}/change/")
 

@@ -350,7 +350,7 @@ def test_the_ticket_page_has_one_activity_feed_newest_first(client):
                            body="Coder gate dispatched <b>now</b>", created_at=now - timedelta(minutes=30))  # fmt: skip
     LivenessEvent.objects.create(runtime=runtime, from_class="pending", to_class="tmux-live", reason="pane-alive",
                                  source="reconciler", at=now - timedelta(minutes=20))  # fmt: skip
-    Verdict.objects.create(ticket=ticket, gate="validator", outcome="approved", author="val",
+    Verdict.objects.create(ticket=ticket, gate="validator", outcome="approved", author="val", recorded_by="val",
                            summary="Validator gate complete", created_at=now - timedelta(minutes=10))  # fmt: skip
 
     feed = board.ticket_activity(ticket)
