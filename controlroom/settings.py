@@ -203,6 +203,8 @@ CONTROLROOM = {
     "SMOKE_TIMEOUT": env_number("CONTROLROOM_SMOKE_TIMEOUT", 60.0),
     "SMOKE_TTL": env_number("CONTROLROOM_SMOKE_TTL", 6 * 3600.0),
     "STOP_GRACE": env_number("CONTROLROOM_STOP_GRACE", 5.0),
+    # Largest prompt file launch_worker accepts (bytes).
+    "MAX_PROMPT_BYTES": env_number("CONTROLROOM_MAX_PROMPT_BYTES", 1024 * 1024, int, 1),
     "RUN_DIR": Path(os.environ.get("CONTROLROOM_RUN_DIR", VAR_DIR / "runs")),
     "CODEX_CHATGPT_UNSUPPORTED": env_list(
         "CONTROLROOM_CODEX_CHATGPT_UNSUPPORTED",

@@ -31,21 +31,38 @@ def redact(text):
     return _SECRET_FIELDS.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
 
 
+# Text past a cut is redacted with this much to spare, so a secret cut in two is never shown.
+_MARGIN = 256
+
+
 def safe_text(value, limit=2000):
-    """Text fit for the ledger, a banner or a log: str, no NULs, secrets redacted, bounded."""
+    """Text fit for the ledger, a banner or a log: str, no NULs, secrets redacted, bounded.
+    Only the first part of a long text is redacted (enough to fill `limit`), so the work is bounded."""
     if value is None:
         return ""
     if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    text = redact(str(value).replace("\x00", ""))
-    if len(text) > limit:
-        text = text[: max(limit - 1, 0)] + "…"
-    return text
+        value = value[: 4 * (limit + _MARGIN)].decode("utf-8", errors="replace")
+    text = str(value)
+    cut = limit + _MARGIN
+    while True:
+        shown = redact(text[:cut].replace("\x00", ""))
+        # Done when nothing was cut, or when a secret cut at the end lies wholly past `limit`.
+        if cut >= len(text) or len(shown) >= limit + _MARGIN:
+            break
+        cut *= 2
+    if len(shown) > limit:
+        shown = shown[: max(limit - 1, 0)] + "…"
+    return shown
 
 
 def quote_tail(value, limit=200):
-    """A short quotation of what was seen, for messages about unreadable output."""
-    text = safe_text(value, limit=100_000)
+    """A short quotation of the end of what was seen (str or bytes), for messages about unreadable
+    output. Only the tail is decoded and redacted, however long the value."""
+    window = 20 * limit
+    tail = value[-4 * window :] if isinstance(value, bytes) else str(value)[-window:]
+    if isinstance(tail, bytes):
+        tail = tail.decode("utf-8", errors="replace")[-window:]
+    text = redact(tail.replace("\x00", ""))
     if len(text) > limit:
         text = "…" + text[-(limit - 1) :]
     return repr(text)

@@ -20,6 +20,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
+from runtimes.files import FileTooLarge, read_bounded
 from runtimes.intake import wiring
 from runtimes.models import (
     LivenessEvent,
@@ -205,7 +206,15 @@ class LaunchRequest:
         if not Path(self.cwd).is_dir():
             raise DispatchError(f"--cwd {self.cwd} is not a directory.")
         try:
-            prompt = self.prompt if self.prompt is not None else Path(self.prompt_file).read_bytes()
+            prompt = (
+                self.prompt
+                if self.prompt is not None
+                else read_bounded(self.prompt_file, settings.CONTROLROOM["MAX_PROMPT_BYTES"])
+            )
+        except FileTooLarge as error:
+            raise DispatchError(
+                f"--prompt-file {self.prompt_file} is too large: {error.strerror} (CONTROLROOM_MAX_PROMPT_BYTES)."
+            ) from None
         except OSError as error:
             raise DispatchError(f"Cannot read --prompt-file {self.prompt_file}: {error.strerror}.") from None
         if not prompt.strip():

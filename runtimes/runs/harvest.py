@@ -1,28 +1,33 @@
 """Turn a finished worker's output log into an exit transition (outcome, verdict, exit status)."""
 
-import os
 from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
 from runtimes import liveness, observe
+from runtimes.files import read_stream_tail, read_tail
 from runtimes.ledger import Transition
 from runtimes.ledger import apply as apply_transitions
 from runtimes.models import ExitOutcome, Provider, Reason, ReconcilerHeartbeat, RuntimeClass, WorkerProfile
 from runtimes.runs import outcomes
 
-# The result line is at the end of the log; a huge log is read from its tail.
-READ_LIMIT = 8 * 1024 * 1024
+# What decides a run is at the end of its log (Claude's last `result` line, Codex's last turn event
+# and agent message), so only this much of the tail is read: far more than a final message
+# (Claude's largest output is well under 1 MB of text), small enough that any log, of any size or
+# content, is classified in well under a second with a few tens of MB.
+READ_LIMIT = 4 * 1024 * 1024
 
 
 def read_output(path, limit=READ_LIMIT):
-    """The last `limit` bytes of an output log: the one place that reads an output log. Raises OSError."""
-    with open(path, "rb") as log:
-        log.seek(0, os.SEEK_END)
-        size = log.tell()
-        log.seek(max(size - limit, 0))
-        return log.read(limit)
+    """The last `limit` bytes of an output log: the one place that reads an output log. A FIFO, a
+    device or a directory raises OSError at once, as does a missing file."""
+    return read_tail(path, limit)
+
+
+def read_output_stream(stream):
+    """The tail of an output log piped on a binary stream (read to its end, held bounded)."""
+    return read_stream_tail(stream, READ_LIMIT)
 
 
 def outcome_of(runtime, exit_code=None, exit_signal=None):

@@ -97,22 +97,23 @@ class Outcome:
         return {**data, **self.usage.as_dict()}
 
 
-def _text(raw):
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8", errors="replace")
-    return raw if isinstance(raw, str) else ""
+def _loads(data):
+    """json.loads that never raises: None for malformed, non-UTF-8 or too deeply nested input."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
-def json_objects(text):
-    """Each line that is a JSON object, in order (malformed lines are skipped)."""
-    for line in text.splitlines():
+def json_objects(raw):
+    """Each line (str or bytes) that is a JSON object, in order. Malformed lines, lines that are not
+    UTF-8 and objects nested too deep for the parser are skipped: no input makes this raise."""
+    newline, opening, closing = (b"\n", b"{", b"}") if isinstance(raw, bytes) else ("\n", "{", "}")
+    for line in raw.split(newline):
         line = line.strip()
-        if not line.startswith("{"):
+        if not (line.startswith(opening) and line.endswith(closing)):
             continue
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
+        value = _loads(line)
         if isinstance(value, dict):
             yield value
 
@@ -294,8 +295,7 @@ def _with_verdict(outcome, reason, message, final_text, usage=Usage()):
 
 
 def unparseable(raw, what):
-    text = _text(raw)
-    seen = quote_tail(text) if text.strip() else "nothing"
+    seen = quote_tail(raw) if raw and raw.strip() else "nothing"
     return Outcome(FAILED, "unparseable-output", safe_text(f"no {what} found in the output; saw {seen}", MAX_MESSAGE))
 
 
@@ -335,14 +335,12 @@ def _merge_limits(first, second):
 
 def classify_claude(raw):
     """Classify Claude Code print-mode output (json or stream-json)."""
-    text = _text(raw)
+    raw = raw if isinstance(raw, (bytes, str)) else ""
     result = None
     started = False
-    try:
-        whole = json.loads(text)
-    except ValueError:
-        whole = None
-    candidates = [whole] if isinstance(whole, dict) else list(json_objects(text))
+    # `--output-format json` prints one object, perhaps over several lines; stream-json one per line.
+    whole = _loads(raw) if raw.lstrip()[:1] in ("{", b"{") else None
+    candidates = [whole] if isinstance(whole, dict) else list(json_objects(raw))
     session_id = ""
     limit = None
     for obj in candidates:
@@ -421,13 +419,13 @@ def codex_usage(turn_usages, turns, thread_id):
 
 def classify_codex(raw):
     """Classify `codex exec --json` output (JSONL events)."""
-    text = _text(raw)
+    raw = raw if isinstance(raw, (bytes, str)) else ""
     terminal = None
     last_message = ""
     last_error = ""
     seen_events = False
     turn_usages, turns, thread_id = [], 0, ""
-    for event in json_objects(text):
+    for event in json_objects(raw):
         kind = event.get("type")
         if not isinstance(kind, str):
             continue

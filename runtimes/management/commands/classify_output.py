@@ -4,7 +4,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from runtimes.runs import outcomes
-from runtimes.runs.harvest import read_output
+from runtimes.runs.harvest import read_output, read_output_stream
 
 
 class Command(BaseCommand):
@@ -16,7 +16,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, provider, file, **options):
         if file == "-":
-            raw = sys.stdin.buffer.read()
+            raw = read_output_stream(sys.stdin.buffer)
         else:
             try:
                 raw = read_output(file)
