@@ -20,6 +20,7 @@ from runtimes.models import LivenessEvent, Runtime, RuntimeClass
 from runtimes.probes import tmux as tmux_probe
 from runtimes.reconcile import reconcile
 from tests.conftest import make_runtime, make_ticket, start_session, wait_for
+from tests.notify_helpers import notify_settings
 from tickets.models import Comment, Verdict
 from tickets.roles import sync_groups
 
@@ -181,3 +182,29 @@ def test_the_ticket_page_reads_as_an_activity_feed(page, live_server, worker):
     expect(items.first).to_contain_text("Validator gate complete")  # newest first
     expect(items.last).to_contain_text("pending")  # the launch, oldest
     screenshot(page, "ticket.png")
+
+
+def test_a_notification_reaches_a_json_receiver_once_per_episode_and_once_more_on_resolve(
+    page, live_server, worker, receiver, sync_tasks, settings
+):
+    notify_settings(settings, receiver.url)
+    log_in(page, live_server, "operators")
+
+    os.kill(worker.pane_pid, signal.SIGKILL)
+    assert reconciled_to(worker, RuntimeClass.EXITED)
+    assert wait_for(lambda: len(receiver.posts) == 1)
+    assert receiver.titles() == [f"[Control Room] needs attention: {worker.ticket.key} {worker.handle}"]
+    reconcile()
+    reconcile()  # more passes while the episode lasts repeat nothing
+
+    lane = page.get_by_role("table", name=Runtime.objects.get(pk=worker.pk).get_class_reason_display())
+    expect(lane).to_contain_text(worker.handle, timeout=ONE_REFRESH_MS)
+    expect(lane.get_by_role("link", name="Stop…")).to_have_count(0)  # it ended: nothing left to stop
+    lane.get_by_role("link", name="Recover…").click()
+    page.get_by_role("button", name="Yes, mark it completed").click()
+    expect(page.get_by_text("Recovered 1 runtime(s).")).to_be_visible()
+
+    assert wait_for(lambda: len(receiver.posts) == 2)
+    assert receiver.kinds() == ["needs attention", "resolved"]
+    reconcile()
+    assert len(receiver.posts) == 2

@@ -235,6 +235,15 @@ def measure_admin(repeats):
     client = Client()
     client.force_login(user)
     some_runtime = Runtime.objects.filter(host="history").order_by("pk").first()
+    # The console's attention lane needs something to show: 50 missing workers on a working ticket.
+    attention_ticket = Ticket.objects.create(key="BENCH-2", title="attention", state="in_progress")
+    Runtime.objects.bulk_create(
+        [
+            Runtime(ticket=attention_ticket, kind="tmux", handle=f"tmux:gone-{i}", host="history",
+                    tmux_target=f"gone-{i}", runtime_class="tmux-missing", class_reason="session-missing")
+            for i in range(50)
+        ]
+    )  # fmt: skip
     pages = {
         "runtime changelist": reverse("admin:runtimes_runtime_changelist"),
         "runtime changelist ?runtime_class=exited": reverse("admin:runtimes_runtime_changelist")
@@ -244,6 +253,11 @@ def measure_admin(repeats):
         "runtime change page": reverse("admin:runtimes_runtime_change", args=[some_runtime.pk]),
         "ledger changelist": reverse("admin:runtimes_livenessevent_changelist"),
         "admin index": reverse("admin:index"),
+        "console": reverse("console:index"),
+        "console attention lane (htmx part)": reverse("console:attention"),
+        "console fleet strip (htmx part)": reverse("console:fleet"),
+        "runtime page live part (htmx part)": reverse("console:runtime-live", args=[some_runtime.pk]),
+        "ticket page (activity feed)": reverse("admin:tickets_ticket_change", args=[some_runtime.ticket_id]),
     }
     results = []
     for name, url in pages.items():

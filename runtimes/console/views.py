@@ -11,7 +11,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from runtimes.console import board
-from runtimes.models import Runtime
+from runtimes.models import FINAL_CLASSES, Runtime
 
 VIEW_PERMISSION = "runtimes.view_runtime"
 REFRESH_SECONDS = 3
@@ -36,6 +36,7 @@ def base_context(request, now):
         "since": since_param(request),
         "refresh_seconds": REFRESH_SECONDS,
         "can_act": request.user.has_perm("runtimes.change_runtime"),
+        "final_classes": FINAL_CLASSES,
     }
 
 
