@@ -96,14 +96,57 @@ class NeedsAttentionFilter(admin.SimpleListFilter):
         return queryset
 
 
-class AttentionFirstChangeList(ChangeList):
-    """A changelist that, unless a column is clicked, sorts by its admin's `attention_ordering`
-    (which names annotations, so it cannot be ModelAdmin.ordering: forms order by that too)."""
+class AttentionFirstPaginator(Paginator):
+    """Pages a changelist with the rows needing attention first, each part in the list's own
+    order. Two index-friendly queries per page instead of one ORDER BY over a computed column
+    (which would evaluate the attention rule on every row of a 100,000-row table)."""
 
-    def get_ordering(self, request, queryset):
-        if ORDER_VAR in self.params:
-            return super().get_ordering(request, queryset)
-        return list(self.model_admin.attention_ordering)
+    def __init__(self, object_list, per_page, attention_q, **options):
+        super().__init__(object_list, per_page, **options)
+        self.attention_q = attention_q
+
+    @cached_property
+    def attention_count(self):
+        return self.object_list.filter(self.attention_q).count()
+
+    def page(self, number):
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        top = bottom + self.per_page
+        rows = []
+        if bottom < self.attention_count:
+            rows = list(self.object_list.filter(self.attention_q)[bottom : min(top, self.attention_count)])
+        if top > self.attention_count:
+            rest = self.object_list.exclude(self.attention_q)
+            rows += list(rest[max(bottom - self.attention_count, 0) : top - self.attention_count])
+        return self._get_page(rows, number, self)
+
+
+class AttentionFirstChangeList(ChangeList):
+    """Django shows a list that fits on one page (or "show all") straight from the queryset,
+    without the paginator: order that one attention first too."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        if ORDER_VAR not in self.params and not (self.multi_page and not self.show_all):
+            attention_q = self.paginator.attention_q
+            self.result_list = [*self.queryset.filter(attention_q), *self.queryset.exclude(attention_q)]
+
+
+class AttentionFirst:
+    """Admin mixin: unless a column is clicked, the changelist shows attention rows first
+    (`attention_q(request)` says which)."""
+
+    def get_changelist(self, request, **kwargs):
+        return AttentionFirstChangeList
+
+    def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
+        if ORDER_VAR in request.GET:
+            return super().get_paginator(request, queryset, per_page, orphans, allow_empty_first_page)
+        return AttentionFirstPaginator(
+            queryset, per_page, self.attention_q(request), orphans=orphans,
+            allow_empty_first_page=allow_empty_first_page,
+        )  # fmt: skip
 
 
 def with_attention(queryset, now=None):
@@ -186,7 +229,7 @@ CONTROLLER_ACTIONS = {
 
 
 @admin.register(Runtime)
-class RuntimeAdmin(admin.ModelAdmin):
+class RuntimeAdmin(AttentionFirst, admin.ModelAdmin):
     list_display = (
         "handle",
         "ticket_key",
@@ -248,14 +291,11 @@ class RuntimeAdmin(admin.ModelAdmin):
         ("What the worker reported", {"fields": ("reported_reason", "reported_at", "progress_at")}),
     )
 
-    # Attention first, then newest (`attention` is annotated by get_queryset).
-    attention_ordering = ("-attention", "-started_at", "-pk")
-
     def get_queryset(self, request):
         return with_attention(super().get_queryset(request))
 
-    def get_changelist(self, request, **kwargs):
-        return AttentionFirstChangeList
+    def attention_q(self, request):
+        return Runtime.needs_attention_q(timezone.now())
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:

@@ -378,3 +378,16 @@ def test_changelists_sort_attention_first(admin_client):
     assert [r.pk for r in rows][:2] == [urgent.pk, calm.pk]
     tickets = admin_client.get(reverse("admin:tickets_ticket_changelist")).context["cl"].result_list
     assert tickets[0].pk == urgent.ticket_id
+
+
+def test_attention_first_paging_shows_every_runtime_once_across_pages(admin_client):
+    calm = [make_runtime(runtime_class=RuntimeClass.TMUX_LIVE) for _ in range(55)]
+    urgent = [missing(minutes) for minutes in (1, 2, 3)]
+    url = reverse("admin:runtimes_runtime_changelist")
+    first = list(admin_client.get(url).context["cl"].result_list)
+    second = list(admin_client.get(url, {"p": 2}).context["cl"].result_list)
+    assert {r.pk for r in first[:3]} == {r.pk for r in urgent}
+    assert len(first) == 50 and len(second) == 8
+    assert sorted(r.pk for r in first + second) == sorted(r.pk for r in calm + urgent)
+    clicked = admin_client.get(url, {"o": "2"}).context["cl"].result_list  # a clicked column wins
+    assert [r.ticket.key for r in clicked] == sorted(r.ticket.key for r in clicked)

@@ -1,12 +1,12 @@
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html
 
-from runtimes.admin import AttentionFirstChangeList
+from runtimes.admin import AttentionFirst
 from runtimes.console import board, humanize
 from runtimes.models import LIVE_CLASSES, Runtime
 from tickets.models import Ticket, TicketEvent, Verdict, user_may_close_as_validator
@@ -121,7 +121,7 @@ class FailureBannerFilter(admin.SimpleListFilter):
 
 
 @admin.register(Ticket)
-class TicketAdmin(admin.ModelAdmin):
+class TicketAdmin(AttentionFirst, admin.ModelAdmin):
     form = TicketForm
     list_display = ("key", "title", "state", "owner", "banner_column", "live_runtimes", "attention_runtimes", "updated")
     list_filter = ("state", "kind", FailureBannerFilter, "priority")
@@ -178,11 +178,9 @@ class TicketAdmin(admin.ModelAdmin):
                 verdict_form.instance.recorded_by = request.user.get_username()
         super().save_formset(request, form, formset, change)
 
-    # Tickets with runtimes needing attention first, then the most recently updated.
-    attention_ordering = ("-attention_count", "-updated_at", "-pk")
-
-    def get_changelist(self, request, **kwargs):
-        return AttentionFirstChangeList
+    def attention_q(self, request):
+        """Tickets with a runtime needing attention (listed first)."""
+        return Q(pk__in=Runtime.objects.needs_attention().values("ticket_id"))
 
     def get_queryset(self, request):
         """Counts as correlated subqueries: the database computes them only for the shown page."""

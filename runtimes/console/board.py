@@ -42,6 +42,8 @@ CAPTURE_TIMEOUT = 2.0
 TIMELINE_EVENTS = 200
 # The ticket page's activity feed: newest entries of each kind.
 ACTIVITY_LIMIT = 100
+# ... from the ledgers of its newest runtimes.
+FEED_RUNTIMES = 200
 
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -294,8 +296,8 @@ class Activity:
 
 
 def ticket_activity(ticket, limit=ACTIVITY_LIMIT):
-    """Comments, verdicts and the ledger rows of the ticket's runtimes, newest first, at most
-    `limit` in all (three queries, each bounded)."""
+    """Comments, verdicts and the ledger rows of the ticket's (newest FEED_RUNTIMES) runtimes,
+    newest first, at most `limit` in all (four queries, each bounded)."""
     entries = []
     for comment in ticket.comments.order_by("-created_at", "-pk")[:limit]:
         entries.append(
@@ -308,8 +310,12 @@ def ticket_activity(ticket, limit=ACTIVITY_LIMIT):
                      f"{verdict.get_gate_display()} verdict: {verdict.get_outcome_display()}", verdict.summary,
                      verdict.runtime)
         )  # fmt: skip
+    # The ticket's newest runtimes first, then their ledger (each lookup on its own index).
+    runtime_ids = list(ticket.runtimes.order_by("-started_at", "-pk").values_list("pk", flat=True)[:FEED_RUNTIMES])
     events = (
-        LivenessEvent.objects.filter(runtime__ticket=ticket).select_related("runtime").order_by("-at", "-pk")[:limit]
+        LivenessEvent.objects.filter(runtime_id__in=runtime_ids)
+        .select_related("runtime")
+        .order_by("-at", "-pk")[:limit]
     )
     reasons = dict(Reason.choices)
     for event in events:
