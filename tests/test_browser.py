@@ -94,10 +94,11 @@ def worker(tmux, tmux_socket):
     ticket = make_ticket(title="Fix the flaky importer")
     session = f"cr-{ticket.key.lower()}-a1"
     script = f"print('worker on {ticket.key} says hello', flush=True); import time; time.sleep(600)"
-    pid = start_session(tmux, session, sys.executable, "-c", script)
+    pid = start_session(tmux, session, sys.executable, "-c", script, mark=f"mark-{ticket.key}")
     runtime = make_runtime(
         ticket=ticket, host=settings.CONTROLROOM_HOST, handle=f"tmux:{session}", tmux_socket=tmux_socket,
-        tmux_target=session, provider="claude", model="claude-opus-4-7", started_at=timezone.now(),
+        tmux_target=session, launch_token=f"mark-{ticket.key}", provider="claude", model="claude-opus-4-7",
+        started_at=timezone.now(),
     )  # fmt: skip
     LivenessEvent.objects.create(runtime=runtime, to_class="pending", reason="launched", source="launch")
     assert wait_for(lambda: "says hello" in tmux_probe.capture_pane(tmux_socket, session, 5))
