@@ -128,6 +128,10 @@ def apply(transitions, now, host):
         ]
         if paused:
             transaction.on_commit(lambda: _after_pauses(paused), robust=True)
+        # Runs whose cost was just recorded: warn for budgets near their limit.
+        costed = [t.runtime.pk for t in accepted if t.updates.get("cost_usd") is not None]
+        if costed:
+            transaction.on_commit(lambda: _after_costs(costed, now), robust=True)
     return accepted
 
 
@@ -146,6 +150,12 @@ def _after_pauses(runtime_ids):
     from runtimes.runs import resume  # resume launches workers, which records through this module
 
     resume.after_pauses(runtime_ids)
+
+
+def _after_costs(runtime_ids, now):
+    from runtimes.runs import budgets
+
+    budgets.warn_after_runs(runtime_ids, now)
 
 
 def _record_verdicts(accepted, now):

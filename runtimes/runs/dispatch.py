@@ -34,7 +34,7 @@ from runtimes.models import (
 )
 from runtimes.probes import processes as process_probe
 from runtimes.probes import tmux as tmux_probe
-from runtimes.runs import exec_worker, outcomes
+from runtimes.runs import budgets, exec_worker, outcomes
 from runtimes.runs.controller import session_name_for
 from runtimes.text import safe_text
 from tickets.models import Ticket
@@ -230,6 +230,10 @@ def launch(request, now=None):
     now = now or timezone.now()
     ticket, profile, prompt = request.resolve()
     resumed = request.resumed_from
+    try:
+        budgets.check_launch(ticket, profile, now)
+    except budgets.BudgetReached as reached:
+        raise DispatchError(f"Refused to launch {profile.name} on {ticket.key}: {reached}.") from None
     smoke = recent_passing_smoke(profile.provider, profile.model, now) or smoke_test(profile.provider, profile.model)
     if not smoke.ok:
         note = f"launch refused: {profile.provider} {profile.model}: {smoke.reason} — {smoke.message}"
