@@ -27,7 +27,7 @@ from runtimes.models import (
     WatcherHeartbeat,
     WorkerProfile,
 )
-from runtimes.runs import controller, resume
+from runtimes.runs import budgets, controller, resume
 
 # Badge colours per class: green alive, grey quiet or settled, amber waiting, red needs a look.
 BADGE_COLOURS = {
@@ -384,8 +384,38 @@ class RuntimeAdmin(AttentionFirst, admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/runtimes/runtime/controller_confirmation.html", context)
 
+    def spend_view(self, request):
+        """Spend per day (with a chart), per profile and per ticket: a handful of queries."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        runtimes = Runtime.objects.all()
+        series = budgets.per_day(runtimes, days=30)
+        bars, peak = budgets.chart(series)
+        budgets_by_name = {p.name: p for p in WorkerProfile.objects.all()}
+        profiles = []
+        for row in budgets.grouped(runtimes, "profile"):
+            profile = budgets_by_name.get(row["profile"])
+            profiles.append({**row, "daily_budget": profile and profile.daily_budget_usd,
+                             "total_budget": profile and profile.total_budget_usd})  # fmt: skip
+        tickets = budgets.grouped(runtimes, "ticket", "ticket__key", "ticket__total_budget_usd")[:50]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Spend",
+            "days": series,
+            "bars": bars,
+            "peak": peak,
+            "chart_width": 720,
+            "chart_height": 140,
+            "baseline": 140,
+            "profiles": profiles,
+            "tickets": list(tickets),
+            "time_zone": timezone.get_current_timezone_name(),
+        }
+        return TemplateResponse(request, "admin/runtimes/spend.html", context)
+
     def get_urls(self):
         return [
+            path("spend/", self.admin_site.admin_view(self.spend_view), name="runtimes_runtime_spend"),
             path(
                 "<path:object_id>/stop/",
                 self.admin_site.admin_view(self.controller_view),

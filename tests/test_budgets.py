@@ -6,6 +6,7 @@ from decimal import Decimal
 import pytest
 import time_machine
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 
 from runtimes.models import Runtime, WorkerProfile
 from runtimes.notify import service as notify
@@ -94,3 +95,25 @@ def test_spend_sums_per_day_split_at_midnight_and_today_starts_again_after_it():
         (date(2026, 11, 25), Decimal("1.00"), 1, 1),
         (date(2026, 11, 26), Decimal("0.25"), 1, 2),
     ]
+
+
+def test_the_spend_page_sums_per_day_profile_and_ticket_with_a_chart_in_constant_queries(
+    admin_client, django_assert_max_num_queries
+):
+    WorkerProfile.objects.create(name="opus", provider="claude", model="m", daily_budget_usd=Decimal("7.50"))
+    ticket = make_ticket(total_budget_usd=Decimal("20"))
+    make_runtime(ticket=ticket, profile="opus", cost_usd=Decimal("1.25"))
+    make_runtime(ticket=ticket, profile="opus", cost_usd=Decimal("2.00"))
+    make_runtime(profile="<b>codex</b>", cost_usd=None)
+    url = reverse("admin:runtimes_runtime_spend")
+    with django_assert_max_num_queries(12):
+        page = admin_client.get(url).content.decode()
+    assert page.count("<rect ") == 30 and f"{date.today():%Y-%m-%d}: $3.25 (3 runs)" in page
+    assert "<td>opus</td><td>3.25</td><td>7.50</td><td>3.25</td>" in page
+    assert f">{ticket.key}</a></td><td>3.25</td><td>3.25</td><td>20.00</td><td>2</td>" in page
+    assert "&lt;b&gt;codex&lt;/b&gt;" in page and "<b>codex</b>" not in page
+    for _ in range(5):
+        make_runtime(ticket=make_ticket(), profile="sonnet", cost_usd=Decimal("0.10"))
+    with django_assert_max_num_queries(12):
+        assert admin_client.get(url).status_code == 200
+    assert 'href="/admin/runtimes/runtime/spend/"' in admin_client.get(reverse("admin:index")).content.decode()

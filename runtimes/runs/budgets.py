@@ -166,3 +166,28 @@ class _NoBudget:
     name: str
     daily_budget_usd: Decimal | None = None
     total_budget_usd: Decimal | None = None
+
+
+def grouped(runtimes, *fields, now=None):
+    """Spend today and in total per value of `fields` (e.g. "profile"; "ticket", "ticket__key"),
+    most spent first: rows of {fields…, today, total, runs}. One query."""
+    start, end = day_bounds(now or timezone.now())
+    money = DecimalField(max_digits=14, decimal_places=6)
+    today = Sum("cost_usd", filter=Q(started_at__gte=start, started_at__lt=end))
+    return (
+        runtimes.values(*fields)
+        .annotate(today=Coalesce(today, Value(ZERO), output_field=money), total=known_cost(), runs=Count("pk"))
+        .order_by("-total", *fields)
+    )
+
+
+def chart(series, width=720, height=140):
+    """Bars (x, y, width, height in px) for a per-day series, scaled to its largest day."""
+    peak = max((spend for _, spend, _, _ in series), default=ZERO) or Decimal("1")
+    slot = width / max(len(series), 1)
+    bars = []
+    for index, (day, spent, _, runs) in enumerate(series):
+        bar_height = float(spent / peak) * (height - 20)
+        bars.append({"x": round(index * slot + 1, 1), "y": round(height - bar_height, 1), "width": round(slot - 2, 1),
+                     "height": round(bar_height, 1), "day": day, "spend": spent, "runs": runs})  # fmt: skip
+    return bars, peak
