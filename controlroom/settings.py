@@ -242,9 +242,9 @@ CONTROLROOM = {
     # it holds no pidfd for, and when the admin calls its heartbeat stale.
     "WATCH_SOCKET": os.environ.get("CONTROLROOM_WATCH_SOCKET", str(VAR_DIR / "run" / "watch.sock")),
     "WATCH_SETTLE_MS": env_number("CONTROLROOM_WATCH_SETTLE_MS", 5.0),
-    "WATCH_HEARTBEAT": env_number("CONTROLROOM_WATCH_HEARTBEAT", 5.0, float, 0.1),
+    "WATCH_HEARTBEAT": env_number("CONTROLROOM_WATCH_HEARTBEAT", 10.0, float, 0.1),
     "WATCH_POLL": env_number("CONTROLROOM_WATCH_POLL", 2.0, float, 0.1),
-    "WATCH_STALE_AFTER": env_number("CONTROLROOM_WATCH_STALE_AFTER", 30.0, float, 1),
+    "WATCH_STALE_AFTER": env_number("CONTROLROOM_WATCH_STALE_AFTER", 60.0, float, 1),
 }
 if CONTROLROOM["PUBLIC_URL"] and not CONTROLROOM["PUBLIC_URL"].startswith(("http://", "https://")):
     raise ImproperlyConfigured(
