@@ -108,8 +108,9 @@ def observe_one(runtime):
 
 def exit_record(runtime, pane):
     """How a dead pane's process ended when tmux did not say (tmux 3.3a sometimes misses the
-    SIGCHLD): the launch wrapper's record, else "gone, status unknown" once the pid is certainly
-    dead. None while tmux may still report it, and for panes that are alive or reported."""
+    SIGCHLD): the launch wrapper's record; else, once the pid is certainly dead, what tmux says
+    after it is made to reap (its status, or "gone, status unknown"). None while tmux may still
+    report it, and for panes that are alive or reported."""
     if pane is None or not pane.dead or pane.dead_status is not None or pane.dead_signal is not None:
         return None
     record = read_exit_file(runtime.output_path) if runtime.output_path else None
@@ -118,5 +119,5 @@ def exit_record(runtime, pane):
         and pane.pid
         and process_probe.probe_one(pane.pid, None).state in (liveness.GONE, liveness.ZOMBIE)
     ):
-        record = (None, None)
+        record = tmux_probe.reaped_status(runtime.tmux_socket, pane.pane_id) or (None, None)
     return record

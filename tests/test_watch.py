@@ -17,6 +17,7 @@ import pytest
 from django.db import connection
 
 from runtimes.models import LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass, WatcherHeartbeat
+from runtimes.probes import tmux as tmux_probe
 from runtimes.probes.processes import create_time_of
 from runtimes.reconcile import reconcile
 from runtimes.runs import exec_worker
@@ -304,3 +305,11 @@ def test_a_targeted_pass_looks_only_at_the_runtimes_named_and_leaves_the_reconci
     assert named.events.get().source == WATCHER
     assert "classes" not in summary.as_dict()
     assert not ReconcilerHeartbeat.objects.exists()
+
+
+def test_reaped_status_reads_a_dead_panes_exit_status_and_says_nothing_of_a_live_pane(tmux, tmux_socket):
+    start_session(tmux, "w-dead", "sh", "-c", "exit 3")
+    start_session(tmux, "w-alive", "sleep", "600")
+    assert wait_for(lambda: tmux_probe.reaped_status(tmux_socket, "w-dead") == (3, None))
+    assert tmux_probe.reaped_status(tmux_socket, "w-alive") is None
+    assert tmux_probe.reaped_status(tmux_socket, "no-such-session") is None

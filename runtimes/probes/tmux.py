@@ -91,6 +91,24 @@ def session_mark(socket, session, **options):
     raise TmuxError(f"tmux show-options {session} failed: {stderr or f'exit status {done.returncode}'}")
 
 
+def reaped_status(socket, pane_id, **options):
+    """(exit_status, exit_signal) of a dead pane whose status tmux has not reported, after making
+    tmux reap it; None when tmux still does not say. tmux 3.3a now and then misses a pane's
+    SIGCHLD and leaves the process a zombie until another child of the server ends: `run-shell
+    true` is such a child, and its SIGCHLD makes tmux's waitpid loop reap every zombie. Also
+    answers the race where the pane was listed a moment before tmux reaped it."""
+    fields = "#{pane_dead_status}\t#{pane_dead_signal}"
+    try:
+        done = run(socket, "run-shell", "true", ";", "display-message", "-p", "-t", pane_id, fields, **options)
+    except TmuxError:
+        return None
+    if done.returncode != 0:
+        return None
+    status, _, signal = done.stdout.strip().partition("\t")
+    status, signal = _int_or_none(status), _int_or_none(signal)
+    return None if status is None and signal is None else (status, signal)
+
+
 def is_no_server(stderr):
     text = stderr.strip()
     if text.startswith(_NO_SERVER[0]):
