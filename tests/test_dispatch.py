@@ -53,7 +53,7 @@ def test_codex_mini_is_refused_under_chatgpt_without_calling_the_model(fake_bin,
     assert "does NOT work (unsupported-model)" in out and "gpt-5.5" in out
     result = ModelSmokeResult.objects.get()
     assert (result.ok, result.reason, result.auth_mode, result.cli_version) == (
-        False, "unsupported-model", "chatgpt", "codex-cli 0.151.0"
+        False, "unsupported-model", "chatgpt", "codex-cli 0.169.0"
     )  # fmt: skip
     assert model_calls(fake_bin) == []
 
@@ -64,6 +64,8 @@ def test_an_api_key_login_may_use_api_only_models(fake_bin, capsys):
     result = json.loads(capsys.readouterr().out)
     assert (result["ok"], result["reason"], result["auth_mode"]) == (True, "ok", "apikey")
     assert "sk-proj" not in json.dumps(result)
+    stored = ModelSmokeResult.objects.get()
+    assert "sk-proj" not in f"{stored.auth_mode} {stored.message} {stored.cli_version}"
 
 
 def test_smoke_reports_a_missing_login(fake_bin):

@@ -53,6 +53,10 @@ CLAUDE_CORPUS = [
      "", "usage-limit", None),
     ("not logged in", json.dumps(claude_result("success", True, "Not logged in · Please run /login",
                                                terminal_reason="api_error")), "failed", "auth-error", None),
+    # The real unauthenticated CLI's result (2.1.197): terminal_reason "completed", one turn.
+    ("not logged in, real", json.dumps(claude_result("success", True, "Not logged in · Please run /login",
+                                                     terminal_reason="completed", num_turns=1, api_error_status=None)),
+     "failed", "auth-error", None),
     ("invalid key", json.dumps(claude_result("success", True, "Invalid API key · Fix external API key")), "failed",
      "auth-error", None),
     ("credit", json.dumps(claude_result("success", True, "Credit balance too low · Add funds")), "failed",

@@ -72,12 +72,14 @@ def run_cli(argv, stdin="", timeout=None):
 
 
 def codex_auth_mode(binary, timeout):
-    """`codex login status` prints its answer on stderr: chatgpt, apikey or "" (not logged in)."""
+    """`codex login status` prints its answer on stderr: chatgpt, apikey or "" (not logged in).
+    An API-key sign-in reads "API key configured - sk-…" (0.169) or "Logged in using an API key -
+    sk-…" (before); only the mode is kept, never the masked key."""
     status = run_cli([binary, "login", "status"], timeout=timeout)
     text = f"{status.stderr}\n{status.stdout}"
     if "Logged in using ChatGPT" in text:
         return "chatgpt"
-    if "Logged in using an API key" in text:
+    if "API key configured" in text or "Logged in using an API key" in text:
         return "apikey"
     return ""
 

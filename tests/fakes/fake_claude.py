@@ -4,7 +4,7 @@
 The behaviour is chosen by the model name (so it works under tmux, whatever the environment):
   claude-hang           sleeps (smoke timeout)
   claude-bad-model      API error for an unknown model (success + is_error, terminal_reason api_error)
-  claude-not-logged-in  "Not logged in · Please run /login"
+  claude-not-logged-in  "Not logged in · Please run /login", as the real CLI prints it unauthenticated
   claude-max-turns      error_max_turns after some work
   claude-*-crash        starts streaming, then dies by SIGKILL with no result
   claude-cost-X.YZ      success costing X.YZ USD (total_cost_usd)
@@ -100,6 +100,11 @@ def fire(event, **fields):
                 print(f"hook {event} failed: {error}", file=sys.stderr)
 
 
+def init():
+    emit({"type": "system", "subtype": "init", "session_id": SESSION, "model": model, "apiKeySource": "none",
+          "claude_code_version": "2.1.240", "tools": [], "cwd": os.getcwd()})  # fmt: skip
+
+
 fire("UserPromptSubmit", prompt=stdin.decode("utf-8", "replace"))
 HERE = Path(__file__).parent
 RESETS_AT = int((HERE / "resets_at").read_text()) if (HERE / "resets_at").exists() else 1795705200  # 15:00 UTC
@@ -117,6 +122,20 @@ if model.endswith("-limit") and not SMOKE and not (HERE / "limit_cleared").exist
     result("success", True, f"You've hit your {which} limit · resets {reset}", terminal_reason="completed",
            num_turns=2)  # fmt: skip
     sys.exit(1)
+if model == "claude-not-logged-in":
+    # The real unauthenticated run (CLI 2.1.197): init, a synthetic assistant error, one result
+    # with terminal_reason "completed" and num_turns 1; StopFailure fires, Stop does not.
+    NOT_LOGGED_IN = "Not logged in · Please run /login"
+    if stream:
+        init()
+        emit({"type": "assistant", "message": {"model": "<synthetic>", "role": "assistant",
+              "content": [{"type": "text", "text": NOT_LOGGED_IN}]}, "session_id": SESSION,
+              "error": "authentication_failed"})  # fmt: skip
+    fire("StopFailure", error="authentication_failed", last_assistant_message=NOT_LOGGED_IN)
+    fire("SessionEnd", reason="other")
+    result("success", True, NOT_LOGGED_IN, terminal_reason="completed", num_turns=1, api_error_status=None,
+           total_cost_usd=0)  # fmt: skip
+    sys.exit(1)
 if model == "claude-hang":
     time.sleep(600)
 if model == "claude-asks-permission" and HOOKS:
@@ -125,18 +144,7 @@ if model == "claude-asks-permission" and HOOKS:
     time.sleep(600)
 fire("PreToolUse", tool_name="Bash", tool_input={"command": "make test"})
 if stream:
-    emit(
-        {
-            "type": "system",
-            "subtype": "init",
-            "session_id": SESSION,
-            "model": model,
-            "apiKeySource": "none",
-            "claude_code_version": "2.1.240",
-            "tools": [],
-            "cwd": os.getcwd(),
-        }
-    )
+    init()
     emit({"type": "assistant", "message": {"role": "assistant", "content": [{"type": "text", "text": "Working…"}]}})
 if model.endswith("-crash"):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -149,9 +157,6 @@ if model == "claude-bad-model":
         api_error_status=404,
         num_turns=0,
     )
-    sys.exit(1)
-if model == "claude-not-logged-in":
-    result("success", True, "Not logged in · Please run /login", terminal_reason="api_error", num_turns=0)
     sys.exit(1)
 if model == "claude-max-turns":
     result("error_max_turns", True, errors=["Reached maximum number of turns (2)"], terminal_reason="max_turns")

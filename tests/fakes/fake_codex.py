@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 args = sys.argv[1:]
 if args == ["--version"]:
-    print("codex-cli 0.151.0")
+    print("codex-cli 0.169.0")
     sys.exit(0)
 mode_file = HERE / "auth_mode"
 mode = mode_file.read_text().strip() if mode_file.exists() else "chatgpt"
@@ -27,7 +27,9 @@ if args[:2] == ["login", "status"]:
     if mode == "chatgpt":
         print("Logged in using ChatGPT", file=sys.stderr)
     elif mode == "apikey":
-        print("Logged in using an API key - sk-proj-***ABCDE", file=sys.stderr)
+        # 0.169 wording (the older "Logged in using an API key - …" no longer exists).
+        print("API key configured - sk-proj-***ABCDE", file=sys.stderr)
+        print("Authentication is checked when you send a request.", file=sys.stderr)
     else:
         print("Not logged in", file=sys.stderr)
         sys.exit(1)
