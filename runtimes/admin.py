@@ -222,9 +222,18 @@ ADD_EDITABLE = ("ticket", "kind", "handle", "host", "provider", "model", "profil
 
 
 # What the controller views and the changelist actions do: (service, verb, past tense, button).
+def resume_runtime(runtime, by):
+    """The resume service, with its refusal in the controller's words (for _act)."""
+    try:
+        return resume.resume(runtime, by=by)
+    except resume.ResumeError as error:
+        raise controller.ControllerError(str(error)) from None
+
+
 CONTROLLER_ACTIONS = {
     "stop": (controller.stop_runtime, "Stop", "Stopped", "Yes, stop it"),
     "recover": (controller.recover_runtime, "Recover", "Recovered", "Yes, mark it completed"),
+    "resume": (resume_runtime, "Resume", "Resumed", "Yes, resume it"),
 }
 
 
@@ -427,6 +436,12 @@ class RuntimeAdmin(AttentionFirst, admin.ModelAdmin):
                 self.admin_site.admin_view(self.controller_view),
                 {"action": "recover"},
                 name="runtimes_runtime_recover",
+            ),
+            path(
+                "<path:object_id>/resume/",
+                self.admin_site.admin_view(self.controller_view),
+                {"action": "resume"},
+                name="runtimes_runtime_resume",
             ),
             *super().get_urls(),
         ]

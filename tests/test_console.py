@@ -391,3 +391,21 @@ def test_attention_first_paging_shows_every_runtime_once_across_pages(admin_clie
     assert sorted(r.pk for r in first + second) == sorted(r.pk for r in calm + urgent)
     clicked = admin_client.get(url, {"o": "2"}).context["cl"].result_list  # a clicked column wins
     assert [r.ticket.key for r in clicked] == sorted(r.ticket.key for r in clicked)
+
+
+def test_a_usage_limited_run_past_its_reset_offers_resume_which_asks_first_and_explains_a_refusal(client, settings):
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "USAGE_LIMIT_GRACE": 60}
+    runtime = make_runtime(
+        runtime_class=RuntimeClass.USAGE_LIMITED, class_reason="usage-limit",
+        resumes_at=timezone.now() - timedelta(hours=2), class_changed_at=timezone.now() - timedelta(hours=3),
+    )  # fmt: skip
+    login_as(client, "operators")
+    url = reverse("admin:runtimes_runtime_resume", args=[runtime.pk])
+    assert url in client.get(reverse("console:attention")).content.decode()  # still limited past its reset
+    assert url in client.get(reverse("admin:runtimes_runtime_change", args=[runtime.pk])).content.decode()
+
+    assert "Yes, resume it" in client.get(url).content.decode()
+    response = client.post(url, follow=True)
+    assert "was not launched from a worker profile" in response.content.decode()  # nothing started
+    runtime.refresh_from_db()
+    assert runtime.runtime_class == RuntimeClass.USAGE_LIMITED

@@ -11,7 +11,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from runtimes.console import board
-from runtimes.models import FINAL_CLASSES, Runtime
+from runtimes.models import FINAL_CLASSES, Runtime, RuntimeClass
 
 VIEW_PERMISSION = "runtimes.view_runtime"
 REFRESH_SECONDS = 3
@@ -37,6 +37,7 @@ def base_context(request, now):
         "refresh_seconds": REFRESH_SECONDS,
         "can_act": request.user.has_perm("runtimes.change_runtime"),
         "final_classes": FINAL_CLASSES,
+        "usage_limited": RuntimeClass.USAGE_LIMITED,
     }
 
 
