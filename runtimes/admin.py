@@ -174,6 +174,17 @@ class LivenessEventInline(admin.TabularInline):
 
 # Fields only launch, import, the reconciler and the controller write: never editable in the
 # admin (a stop acts on what a row points to), so a row can only say what a machine observed.
+# What a run used, read from its output at harvest (machine-written).
+USAGE_FIELDS = (
+    "turns",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "agent_session_id",
+    "resumed_from",
+    "resume_count",
+)
 MACHINE_OWNED = (
     "ticket",
     "kind",
@@ -206,14 +217,7 @@ MACHINE_OWNED = (
     "exit_signal",
     "resumes_at",
     "controller_action",
-    "turns",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "cost_usd",
-    "agent_session_id",
-    "resumed_from",
-    "resume_count",
+    *USAGE_FIELDS,
 )
 # What a superuser registering a runtime by hand may fill in: never the identity a stop trusts
 # (pid start time, launch mark) nor anything the machines write later.
@@ -284,18 +288,7 @@ class RuntimeAdmin(AttentionFirst, admin.ModelAdmin):
         ),
         (
             "Usage (from the output)",
-            {
-                "fields": (
-                    "turns",
-                    "input_tokens",
-                    "output_tokens",
-                    "cached_tokens",
-                    "cost_usd",
-                    "agent_session_id",
-                    "resumed_from",
-                    "resume_count",
-                )
-            },
+            {"fields": USAGE_FIELDS},
         ),
         ("What the worker reported", {"fields": ("reported_reason", "reported_at", "progress_at")}),
     )

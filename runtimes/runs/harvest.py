@@ -94,7 +94,7 @@ def paused_until_text(resumes_at, zone, now):
     return f"{local:%b} {local.day} {local:%H:%M}"
 
 
-def pause_transition(runtime, source, outcome, exit_code, exit_signal, pane_message, facts, now):
+def pause_transition(runtime, source, outcome, ended, pane_message, facts, now):
     """A run stopped by a usage limit: `usage-limited` until the reset (not exited, no banner).
     Unknown reset → CONTROLROOM_USAGE_LIMIT_PAUSE from now. None when it is already paused; a run
     a hook marked usage-limited while it still ran gets its reset, usage and end recorded now."""
@@ -117,14 +117,7 @@ def pause_transition(runtime, source, outcome, exit_code, exit_signal, pane_mess
         message=message,
         source=source,
         observed=facts,
-        updates={
-            "exit_code": exit_code,
-            "exit_signal": exit_signal,
-            "exit_outcome": ExitOutcome.NONE,
-            "resumes_at": resumes_at,
-            "ended_at": now,
-            **usage_updates(runtime, outcome.usage),
-        },
+        updates={**ended, "exit_outcome": ExitOutcome.NONE, "resumes_at": resumes_at, "ended_at": now},
         ticket_note=f"paused until {until} (usage limit){' — reset time not given' if guessed else ''}",
     )
 
@@ -137,9 +130,9 @@ def exit_transition(
     outcome = outcome or outcome_of(runtime, exit_code, exit_signal)
     facts = dict(observed or {})
     facts["outcome"] = outcome.as_dict()
+    ended = {"exit_code": exit_code, "exit_signal": exit_signal, **usage_updates(runtime, outcome.usage)}
     if outcome.paused:
-        now = now or timezone.now()
-        return pause_transition(runtime, source, outcome, exit_code, exit_signal, pane_message, facts, now)
+        return pause_transition(runtime, source, outcome, ended, pane_message, facts, now or timezone.now())
     message = "; ".join(part for part in (pane_message, outcome.message) if part)
     return Transition(
         runtime=runtime,
@@ -148,12 +141,7 @@ def exit_transition(
         message=message,
         source=source,
         observed=facts,
-        updates={
-            "exit_code": exit_code,
-            "exit_signal": exit_signal,
-            "exit_outcome": outcome.exit_outcome,
-            **usage_updates(runtime, outcome.usage),
-        },
+        updates={**ended, "exit_outcome": outcome.exit_outcome},
         verdict=outcome.verdict,
         verdict_summary=outcome.final_text,
     )
