@@ -194,3 +194,18 @@ def test_an_unknown_reset_pauses_for_the_configured_default(settings):
     transition = exit_transition(runtime, "harvest", 1, None, outcome=outcome, now=AT_0500)
     assert transition.updates["resumes_at"] == datetime(2026, 11, 26, 5, 30, tzinfo=UTC)
     assert transition.ticket_note == "paused until 05:30 (usage limit) — reset time not given"
+
+
+def test_the_host_time_zone_setting_fails_loudly_on_garbage_and_defaults_from_the_system(monkeypatch):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from controlroom.settings import local_time_zone
+
+    monkeypatch.setenv("CONTROLROOM_HOST_TIME_ZONE", "Asia/Tokyo")
+    assert local_time_zone() == "Asia/Tokyo"
+    monkeypatch.setenv("CONTROLROOM_HOST_TIME_ZONE", "Not/AZone")
+    with pytest.raises(ImproperlyConfigured, match="'Not/AZone' is not a time zone"):
+        local_time_zone()
+    monkeypatch.delenv("CONTROLROOM_HOST_TIME_ZONE")
+    monkeypatch.setenv("TZ", ":Europe/Lisbon")
+    assert local_time_zone() == "Europe/Lisbon"
