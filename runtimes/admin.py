@@ -248,8 +248,7 @@ class RuntimeAdmin(AttentionFirst, admin.ModelAdmin):
         "ticket_key",
         "badge",
         "reason_words",
-        "since",
-        "host",
+        "host_name",
         "provider_model",
         "cost_usd",
         "last_activity",
@@ -263,6 +262,10 @@ class RuntimeAdmin(AttentionFirst, admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 50
     change_form_template = "admin/runtimes/runtime/change_form.html"
+
+    class Media:
+        css = {"all": ("console/changelist.css",)}
+
     fieldsets = (
         (None, {"fields": ("ticket", "kind", "handle", "host", "provider", "model", "profile", "cwd")}),
         (
@@ -321,18 +324,22 @@ class RuntimeAdmin(AttentionFirst, admin.ModelAdmin):
             return format_html("{} {}", badge, runtime.exit_outcome)
         return class_badge(runtime.runtime_class)
 
-    @admin.display(description="reason", ordering="class_reason")
+    @admin.display(description="reason, since", ordering="class_changed_at")
     def reason_words(self, runtime):
+        """The reason in words (the message on hover) and since when, in one cell."""
         words = runtime.get_class_reason_display()
+        since = humanize.when(runtime.class_changed_at)
         if getattr(runtime, "attention", False):
             return format_html(
-                '<strong style="color:#c53030" title="needs attention: {}">⚠ {}</strong>', runtime.class_message, words
-            )
-        return format_html('<span title="{}">{}</span>', runtime.class_message, words)
+                '<strong style="color:#c53030" title="needs attention: {}">⚠ {}</strong><br>{}',
+                runtime.class_message, words, since,
+            )  # fmt: skip
+        return format_html('<span title="{}">{}</span><br>{}', runtime.class_message, words, since)
 
-    @admin.display(description="since", ordering="class_changed_at")
-    def since(self, runtime):
-        return humanize.when(runtime.class_changed_at)
+    @admin.display(description="host", ordering="host")
+    def host_name(self, runtime):
+        """The host's first label (the full name on hover): the column stays narrow."""
+        return format_html('<span title="{}">{}</span>', runtime.host, runtime.host.split(".", 1)[0] or "—")
 
     @admin.display(description="provider / model", ordering="provider")
     def provider_model(self, runtime):

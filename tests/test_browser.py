@@ -209,3 +209,27 @@ def test_a_notification_reaches_a_json_receiver_once_per_episode_and_once_more_o
     assert receiver.kinds() == ["needs attention", "resolved"]
     reconcile()
     assert len(receiver.posts) == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "last_column"),
+    [("/admin/runtimes/runtime/", "last activity"), ("/admin/tickets/ticket/", "updated")],
+)
+def test_changelists_fit_1400_px_with_the_sidebar_and_filters_open(page, live_server, url, last_column):
+    long = "a-rather-long-ticket-title-that-people-write " * 3
+    for n in range(5):
+        ticket = make_ticket(title=long, failure_reason="tmux:cr-x session missing; " * 6)
+        make_runtime(ticket=ticket, runtime_class=RuntimeClass.TMUX_MISSING, class_reason="session-missing",
+                     host=f"worker-host-{n}.example.internal", provider="codex", model="gpt-5.4-mini",
+                     class_message="tmux session or pane not found " * 4)  # fmt: skip
+    log_in(page, live_server, "viewers")
+    page.goto(f"{live_server.url}{url}")
+
+    expect(page.get_by_role("navigation", name="Sidebar")).to_be_visible()
+    expect(page.get_by_role("heading", name="Filter")).to_be_visible()
+    header = page.get_by_role("columnheader", name=last_column)
+    expect(header).to_be_visible()
+    box, filters = header.bounding_box(), page.get_by_role("heading", name="Filter").bounding_box()
+    right = box["x"] + box["width"]
+    assert right <= filters["x"], f"'{last_column}' ends at {right:.0f} px, under the filters at {filters['x']:.0f}"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400  # no sideways scrolling

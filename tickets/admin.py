@@ -131,6 +131,10 @@ class TicketAdmin(AttentionFirst, admin.ModelAdmin):
     inlines = (VerdictInline, TicketEventInline, RuntimeInline)
     show_full_result_count = False
     change_form_template = "admin/tickets/ticket/change_form.html"
+
+    class Media:
+        css = {"all": ("console/changelist.css",)}
+
     fieldsets = (
         (
             None,
