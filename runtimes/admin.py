@@ -578,11 +578,9 @@ class WatcherHeartbeatAdmin(admin.ModelAdmin):
 
     @admin.display(description="watcher")
     def state(self, obj):
-        if obj.stopped_at:
-            return format_html('<b style="color:{}">stopped</b>', "#c53030")
-        if obj.is_stale():
-            return format_html('<b style="color:{}">silent</b>', "#c53030")
-        return format_html('<b style="color:{}">watching</b>', "#2f855a")
+        state = obj.state()
+        colour = "#2f855a" if state == WatcherHeartbeat.State.WATCHING else "#c53030"
+        return format_html('<b style="color:{}">{}</b>', colour, state.label)
 
 
 @admin.register(WorkerProfile)

@@ -395,6 +395,11 @@ class WatcherHeartbeat(models.Model):
     """The event-driven watcher of each host (`watch_runtimes`): when it last reported, and what it
     holds. Separate from ReconcilerHeartbeat, so a dead watcher shows while the schedule still runs."""
 
+    class State(models.TextChoices):
+        WATCHING = "watching", "watching"
+        SILENT = "silent", "silent"
+        STOPPED = "stopped", "stopped"
+
     host = models.CharField(max_length=255, unique=True)
     pid = models.PositiveIntegerField(default=0, help_text="The watcher process on its host.")
     started_at = models.DateTimeField(default=timezone.now)
@@ -415,11 +420,14 @@ class WatcherHeartbeat(models.Model):
     def __str__(self):
         return self.host
 
-    def is_stale(self, now=None):
-        """No beat within CONTROLROOM_WATCH_STALE_AFTER seconds, or stopped."""
+    def state(self, now=None):
+        """Stopped (cleanly), silent (no beat within CONTROLROOM_WATCH_STALE_AFTER seconds) or watching."""
         now = now or timezone.now()
-        stale_after = timedelta(seconds=settings.CONTROLROOM["WATCH_STALE_AFTER"])
-        return self.stopped_at is not None or self.beat_at < now - stale_after
+        if self.stopped_at is not None:
+            return self.State.STOPPED
+        if self.beat_at < now - timedelta(seconds=settings.CONTROLROOM["WATCH_STALE_AFTER"]):
+            return self.State.SILENT
+        return self.State.WATCHING
 
 
 class WorkerProfile(models.Model):

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from runtimes.console import board, humanize
-from runtimes.models import LivenessEvent, ReconcilerHeartbeat, RuntimeClass
+from runtimes.models import LivenessEvent, ReconcilerHeartbeat, RuntimeClass, WatcherHeartbeat
 from runtimes.probes import tmux as tmux_probe
 from tests.conftest import make_runtime, make_ticket, start_session, wait_for
 from tickets.models import Comment, Ticket, Verdict
@@ -146,6 +146,21 @@ def test_fleet_shows_host_health_with_never_reported_and_silent_hosts():
     assert (hosts["fresh"].silent, round(hosts["fresh"].age_seconds)) == (False, 20)
     assert hosts["quiet"].silent and hosts["quiet"].live == 1
     assert hosts["ghost"].heartbeat_at is None and hosts["ghost"].silent
+
+
+def test_fleet_shows_each_hosts_watcher_as_watching_silent_stopped_or_none(client):
+    now = timezone.now()
+    for host in ("calm", "hushed", "halted", "bare"):
+        make_runtime(host=host, runtime_class=RuntimeClass.TMUX_LIVE)
+    WatcherHeartbeat.objects.create(host="calm", beat_at=now)
+    WatcherHeartbeat.objects.create(host="hushed", beat_at=now - timedelta(hours=1))
+    WatcherHeartbeat.objects.create(host="halted", beat_at=now, stopped_at=now)
+
+    hosts = {host.host: host.watcher for host in board.fleet(now).hosts}
+    assert hosts == {"calm": "watching", "hushed": "silent", "halted": "stopped", "bare": ""}
+    login_as(client, "viewers")
+    page = client.get(reverse("console:fleet")).content.decode()
+    assert '<strong class="cr-alert">silent</strong>' in page and '<strong class="cr-alert">stopped</strong>' in page
 
 
 def test_fleet_page_says_never_reported(client):

@@ -262,7 +262,7 @@ def test_the_watcher_beats_its_own_heartbeat_and_leaves_the_reconcile_one_alone(
     watcher()
     beat = WatcherHeartbeat.objects.get(host="test-host")
     assert (beat.watched, beat.pidfds, beat.stopped_at) == (1, 1, None)
-    assert not beat.is_stale()
+    assert beat.state() == WatcherHeartbeat.State.WATCHING
     assert not ReconcilerHeartbeat.objects.exists()
 
 

@@ -24,6 +24,7 @@ from runtimes.models import (
     ReconcilerHeartbeat,
     Runtime,
     RuntimeClass,
+    WatcherHeartbeat,
 )
 from runtimes.probes import tmux as tmux_probe
 from runtimes.runs.harvest import read_output
@@ -155,6 +156,7 @@ class HostHealth:
     silent: bool
     errors: int = 0
     total: int = 0
+    watcher: str = ""  # "watching", "silent", "stopped", or "" when no watcher ever ran there
 
     @property
     def never_reported(self):
@@ -198,8 +200,9 @@ def host_health(now):
         per_host[host]["attention"] = n
     silent_after = settings.CONTROLROOM["HOST_SILENT_AFTER"]
     beats = {beat.host: beat for beat in ReconcilerHeartbeat.objects.all()}
+    watchers = {watcher.host: watcher.state(now) for watcher in WatcherHeartbeat.objects.all()}
     hosts = []
-    for host in sorted(set(per_host) | set(beats)):
+    for host in sorted(set(per_host) | set(beats) | set(watchers)):
         beat = beats.get(host)
         age = (now - beat.finished_at).total_seconds() if beat else None
         hosts.append(
@@ -212,6 +215,7 @@ def host_health(now):
                 silent=age is None or age > silent_after,
                 errors=beat.errors if beat else 0,
                 total=per_host[host]["total"],
+                watcher=watchers.get(host, ""),
             )
         )
     return hosts
