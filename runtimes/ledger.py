@@ -143,7 +143,11 @@ def _update_rows(accepted):
         extra = tuple(sorted(name for name in t.updates if name not in RUNTIME_FIELDS))
         groups.setdefault(extra, []).append(t.runtime)
     for extra, rows in groups.items():
-        Runtime.objects.bulk_update(rows, (*RUNTIME_FIELDS, *extra), batch_size=500)
+        fields = (*RUNTIME_FIELDS, *extra)
+        if len(rows) == 1:  # one report or one stop: a plain UPDATE, without bulk_update's CASE per field
+            Runtime.objects.filter(pk=rows[0].pk).update(**{name: getattr(rows[0], name) for name in fields})
+        else:
+            Runtime.objects.bulk_update(rows, fields, batch_size=500)
 
 
 def _after_pauses(runtime_ids):
