@@ -258,7 +258,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, CONTROLROOM["API_MAX_BODY"])
 # named after the host, so each host's schedule runs on that host only.
 REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 Q_CLUSTER = {
-    "name": CONTROLROOM_HOST,
+    # One name for every host's cluster: django-q2 signs task packages with it, so a task one host
+    # queues for another (a stop) can be read there. Each host's cluster reads its own queue, named
+    # after the host: its reconcile schedule and those tasks are routed there (cluster=<host>).
+    "name": "controlroom",
+    "cluster_name": CONTROLROOM_HOST,
     "workers": env_number("Q_WORKERS", 2, int, 1),
     "timeout": 120,
     "retry": 180,

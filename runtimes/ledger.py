@@ -59,12 +59,12 @@ def _limit():
     return settings.CONTROLROOM["MAX_MESSAGE_CHARS"]
 
 
-def _claim(ids):
-    """The current (class, controller action) of each row, read under lock (skip rows another
-    writer holds)."""
+def _claim(ids, wait):
+    """The current (class, controller action) of each row, read under lock: rows another writer
+    holds are skipped (a reconciler's batch), or waited for (`wait`: the controller's one row)."""
     rows = Runtime.objects.filter(pk__in=ids)
     if connection.features.has_select_for_update_skip_locked:
-        rows = rows.select_for_update(skip_locked=True, of=("self",))
+        rows = rows.select_for_update(skip_locked=not wait, of=("self",))
     fields = ("pk", "runtime_class", "controller_action")
     return {pk: (runtime_class, action) for pk, runtime_class, action in rows.values_list(*fields)}
 
@@ -82,12 +82,13 @@ def set_controller_action(runtime, action, expected, settled_too=False):
     return bool(changed)
 
 
-def apply(transitions, now, host):
-    """Write the transitions whose old class still holds; return those written."""
+def apply(transitions, now, host, wait=False):
+    """Write the transitions whose old class and controller action still hold; return those
+    written. With `wait`, rows locked by another writer are waited for instead of skipped."""
     if not transitions:
         return []
     with transaction.atomic():
-        current = _claim([t.runtime.pk for t in transitions])
+        current = _claim([t.runtime.pk for t in transitions], wait)
         accepted = [t for t in transitions if current.get(t.runtime.pk) == (t.from_class, t.from_action)]
         if not accepted:
             return []

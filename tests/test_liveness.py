@@ -86,3 +86,32 @@ def test_exited_failed_needs_attention_but_partial_useful_does_not():
     assert lv.needs_attention(lv.EXITED, "failed", True, 0, POLICY)
     assert not lv.needs_attention(lv.EXITED, "partial-useful", True, 0, POLICY)
     assert not lv.needs_attention(lv.EXITED, "failed", False, 0, POLICY)
+
+
+def test_a_death_while_the_controller_is_stopping_it_is_a_controller_kill_never_a_failure():
+    stopping = {"controller_action": lv.STOPPING}
+    deaths = [
+        (facts(**stopping), lv.Observation(pane=pane(dead=True, dead_signal=15))),
+        (facts(**stopping), lv.Observation(pane=pane(dead=True, dead_status=1))),
+        (facts(**stopping), lv.Observation()),  # the session is gone
+        (facts(kind="process", runtime_class=lv.PROCESS_LIVE, **stopping), lv.Observation(
+            process=lv.ProcessFacts(10, lv.GONE))),
+        (facts(ticket_expects_worker=False, **stopping), lv.Observation()),
+    ]  # fmt: skip
+    for f, obs in deaths:
+        result = classify(f, obs)
+        assert (result.runtime_class, result.reason, result.needs_attention) == (
+            lv.KILLED_BY_CONTROLLER, "controller-kill", False
+        ), obs  # fmt: skip
+        assert result.exit_signal is None and result.exit_code is None
+
+
+def test_a_worker_still_alive_or_unseen_while_being_stopped_keeps_its_class():
+    for obs in (lv.Observation(pane=pane()), lv.Observation(tmux_error="server busy"),
+                lv.Observation(pane=pane(dead=True))):  # fmt: skip
+        assert classify(facts(controller_action=lv.STOPPING), obs).runtime_class == lv.TMUX_LIVE
+
+
+def test_a_stop_requested_from_another_host_changes_nothing_until_that_host_acts():
+    result = classify(facts(controller_action=lv.STOP_REQUESTED), lv.Observation(pane=pane(dead=True, dead_signal=9)))
+    assert (result.runtime_class, result.exit_signal) == (lv.EXITED, 9)

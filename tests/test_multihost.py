@@ -4,6 +4,7 @@ import os
 import uuid
 
 import libtmux
+import psutil
 import psycopg
 import pytest
 
@@ -102,3 +103,43 @@ def test_each_host_reconciles_its_own_runtimes_and_a_stopped_host_turns_unknown(
             cluster.stop()
         for server in servers:
             server.kill()
+
+
+def test_a_stop_on_host_a_is_carried_out_by_host_bs_cluster_and_recorded_by_it(scratch_database, tmp_path):
+    _, url = scratch_database
+    tag = uuid.uuid4().hex[:6]
+    host_a, host_b, socket = f"host-a-{tag}", f"host-b-{tag}", f"crtest-b-{tag}"
+    server = libtmux.Server(socket_name=socket)
+    server.cmd("new-session", "-d", "-s", "cr-mc-78", "sleep", "600")
+    server.cmd("set-option", "-t", "=cr-mc-78:", "@controlroom", f"mark-{tag}")
+    pid = int(server.cmd("display-message", "-p", "-t", "=cr-mc-78:", "#{pane_pid}").stdout[0])
+    envs = {host: environment(url, host, REDIS_URL=os.environ["REDIS_URL"]) for host in (host_a, host_b)}
+    manage(envs[host_a], "migrate", "-v0")
+    seed(url, [(host_b, socket)])
+    with psycopg.connect(url) as db:
+        db.execute(
+            "UPDATE runtimes_runtime SET runtime_class = 'tmux-live', tmux_target = 'cr-mc-78', pid = %s,"
+            " pid_create_time = %s, launch_token = %s",
+            (pid, psutil.Process(pid).create_time(), f"mark-{tag}"),
+        )
+    handle = f"tmux:cr-mc-77@{host_b}"
+    cluster = None
+    try:
+        asked = manage(envs[host_a], "stop_worker", handle, "--by", "maria")  # host A has no such worker
+        assert "stop requested" in asked.stdout, asked.stderr
+        state = "SELECT runtime_class, controller_action FROM runtimes_runtime"
+        assert rows(url, state) == [("tmux-live", "stop-requested")]
+        assert rows(url, "SELECT count(*) FROM runtimes_livenessevent") == [(0,)]  # nothing recorded as killed
+        assert server.cmd("has-session", "-t", "=cr-mc-78").returncode == 0 and psutil.pid_exists(pid)
+
+        cluster = Cluster(envs[host_b], tmp_path / "b.log")  # host B's cluster picks the task up
+        killed = wait_until(lambda: rows(url, state) == [("killed-by-controller", "kill")], timeout=90)
+        assert killed, (rows(url, state), (tmp_path / "b.log").read_text())
+        events = rows(url, "SELECT host, from_class, to_class, message FROM runtimes_livenessevent")
+        assert [event[:3] for event in events] == [(host_b, "tmux-live", "killed-by-controller")]
+        assert "stopped by maria" in events[0][3]
+        assert server.cmd("has-session", "-t", "=cr-mc-78").returncode != 0
+    finally:
+        if cluster:
+            cluster.stop()
+        server.kill()

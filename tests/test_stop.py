@@ -120,7 +120,7 @@ def test_a_stop_for_another_hosts_worker_is_queued_for_that_host_and_recorded_on
     assert (runtime.runtime_class, runtime.controller_action) == ("tmux-live", "stop-requested")
     assert not runtime.events.exists()  # nothing recorded as killed
     assert sessions(tmux) == ["cr-mc-20-bb"] and psutil.pid_exists(pid)
-    broker = get_broker(host_b)  # the queue host B's cluster (Q_CLUSTER name = its host) reads
+    broker = get_broker(host_b)  # the queue host B's cluster (cluster_name = its host) reads
     (_, payload), *others = broker.dequeue()
     assert others == []
     task = SignedPackage.loads(payload)

@@ -246,7 +246,7 @@ def _controller_transition(runtime, to_class, reason, action, message, now):
     what it holds now. A reconciler that already recorded the death under the controller's
     intent wrote the class: the controller's action completes it."""
     now = now or timezone.now()
-    for attempt in range(2):
+    for attempt in range(3):
         if attempt:
             runtime.refresh_from_db()
             if runtime.runtime_class == to_class:
@@ -255,7 +255,8 @@ def _controller_transition(runtime, to_class, reason, action, message, now):
         transition = ledger.Transition(
             runtime, to_class, reason, message, LivenessEvent.Source.CONTROLLER, updates={"controller_action": action}
         )
-        written = ledger.apply([transition], now, settings.CONTROLROOM_HOST)
+        # One row: wait for a reconciler that holds it, then compare with what it wrote.
+        written = ledger.apply([transition], now, settings.CONTROLROOM_HOST, wait=True)
         if written:
             return written[0]
     return None

@@ -9,7 +9,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("handle")
-        parser.add_argument("--host", default=None)
+        parser.add_argument("--host", default=None, help="The runtime's host, when the handle exists on several.")
         parser.add_argument("--by", default="controller", help="Who stopped it (recorded in the ledger).")
 
     def handle(self, *args, handle, host, by, **options):
