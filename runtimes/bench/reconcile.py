@@ -31,7 +31,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from runtimes import reconcile as reconcile_module
-from runtimes.models import LivenessEvent, Runtime, RuntimeClass
+from runtimes.models import AttentionEpisode, Delivery, LivenessEvent, Runtime, RuntimeClass
+from runtimes.notify import service as notify
 from runtimes.probes import processes as process_probe
 from runtimes.probes import tmux as tmux_probe
 from tickets.models import Ticket
@@ -156,6 +157,12 @@ def measure_size(ticket, size, repeats):
             return result, len(churn_queries)
 
         churn, (churn_summary, churn_sql) = timed(churn_pass, repeats)
+        # The pass's notification step alone, with the victims' attention episodes open and nothing
+        # changing (what every scheduled pass pays for notifications).
+        notify_step, _ = timed(lambda: notify.after_pass(timezone.now()), repeats)
+        with CaptureQueriesContext(connection) as notify_queries:
+            notify.after_pass(timezone.now())
+        open_episodes = AttentionEpisode.objects.exclude(state=AttentionEpisode.State.CLOSED).count()
         naive, _ = timed(lambda: naive_pass(fleet), 1)
     finally:
         fleet.close()
@@ -172,6 +179,10 @@ def measure_size(ticket, size, repeats):
         "churn_transitions": churn_summary.transitions,
         "steady_sql": steady_sql,
         "churn_sql": churn_sql,
+        "notify_ms": notify_step * 1000,
+        "notify_vs_steady": notify_step / steady,
+        "notify_sql": len(notify_queries),
+        "open_episodes": open_episodes,
         "steady_ledger_rows": steady_events,
         "steady_transitions": summary.transitions,
         "peak_python_mb": peak / 2**20,
@@ -212,6 +223,23 @@ def make_history(ticket_count, runtime_count, event_count):
             " '{}' FROM runtimes_runtime r CROSS JOIN bench_n WHERE r.host = 'history'"
         )
         cursor.execute("DROP TABLE bench_n")
+    # Notification history: a closed episode and a sent delivery for every tenth runtime.
+    episodes = AttentionEpisode.objects.bulk_create(
+        [
+            AttentionEpisode(runtime_id=pk, state="closed", opened_at=now, closed_at=now, resolved_at=now,
+                             runtime_class="tmux-missing", reason="session-missing", end_class="exited")
+            for pk in Runtime.objects.filter(host="history").values_list("pk", flat=True)[::10]
+        ],
+        batch_size=5000,
+    )  # fmt: skip
+    Delivery.objects.bulk_create(
+        [
+            Delivery(channel_key="env:bench", target="bench (json://…)", runtime_id=e.runtime_id, episode=e,
+                     kind="opened", title="[Control Room] needs attention", body="…", status="sent", attempts=1)
+            for e in episodes
+        ],
+        batch_size=5000,
+    )  # fmt: skip
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
@@ -258,6 +286,8 @@ def measure_admin(repeats):
         "console fleet strip (htmx part)": reverse("console:fleet"),
         "runtime page live part (htmx part)": reverse("console:runtime-live", args=[some_runtime.pk]),
         "ticket page (activity feed)": reverse("admin:tickets_ticket_change", args=[some_runtime.ticket_id]),
+        "delivery changelist": reverse("admin:runtimes_delivery_changelist"),
+        "attention episode changelist": reverse("admin:runtimes_attentionepisode_changelist"),
     }
     results = []
     for name, url in pages.items():
@@ -305,7 +335,8 @@ def run(sizes, history_runtimes, history_events, repeats, admin=True, stdout=sys
 def report(figures):
     lines = [
         "active  floor ms  steady ms  steady/floor  +seen ms  +seen/floor  naive ms  naive/steady  churn ms  "
-        "transitions  SQL steady  SQL churn  ledger rows (steady)  peak MB",
+        "transitions  SQL steady  SQL churn  ledger rows (steady)  peak MB  notify ms (episodes)  notify/steady"
+        "  SQL notify",
     ]
     for row in figures["sizes"]:
         lines.append(
@@ -313,7 +344,9 @@ def report(figures):
             f"{row['steady_vs_floor']:>12.2f}  {row['steady_seen_ms']:>8.1f}  {row['steady_seen_vs_floor']:>11.2f}  "
             f"{row['naive_ms']:>8.0f}  {row['naive_vs_steady']:>12.1f}  "
             f"{row['churn_ms']:>8.1f}  {row['churn_transitions']:>11}  {row['steady_sql']:>10}  "
-            f"{row['churn_sql']:>9}  {row['steady_ledger_rows']:>20}  {row['peak_python_mb']:>7.1f}"
+            f"{row['churn_sql']:>9}  {row['steady_ledger_rows']:>20}  {row['peak_python_mb']:>7.1f}  "
+            f"{row['notify_ms']:>9.1f} ({row['open_episodes']:>5})  {row['notify_vs_steady']:>13.2f}  "
+            f"{row['notify_sql']:>10}"
         )
     if figures["admin"]:
         lines.append("")

@@ -104,8 +104,10 @@ class AttentionEpisode(models.Model):
         indexes = [
             # Each pass's "unfinished episodes" (partial: closed history is skipped).
             models.Index(fields=["state"], name="episode_unfinished_idx", condition=~Q(state="closed")),
-            # A runtime's episodes, newest first (the quiet-period lookup and the runtime page).
+            # A runtime's episodes, newest first (the runtime page).
             models.Index(fields=["runtime", "-opened_at"], name="episode_runtime_recent_idx"),
+            # The episode changelist, newest first.
+            models.Index(fields=["-opened_at", "-id"], name="episode_recent_idx"),
         ]
 
     def __str__(self):

@@ -14,7 +14,7 @@ from django.db.models import BooleanField, ExpressionWrapper, F, OuterRef, Q, Su
 from django.urls import reverse
 from django.utils import timezone
 
-from runtimes.models import FINAL_CLASSES, Reason, Runtime
+from runtimes.models import FINAL_CLASSES, Reason, Runtime, RuntimeClass
 from runtimes.notify import episodes
 from runtimes.notify.models import AttentionEpisode, Delivery, NotificationChannel
 from runtimes.text import safe_text
@@ -26,6 +26,7 @@ DELIVER_TASK = "runtimes.notify.tasks.deliver"
 # A claimed delivery is not attempted again for this long (a worker is sending it).
 LEASE = timedelta(minutes=5)
 MESSAGE_CHARS = 500
+UNSETTLED_CLASSES = tuple(c for c in RuntimeClass.values if c not in FINAL_CLASSES)
 RUNTIME_FIELDS = (
     "ticket__key", "ticket__title", "handle", "host", "provider", "profile", "runtime_class", "class_reason",
     "class_message", "class_changed_at",
@@ -66,13 +67,17 @@ def url_for(channel_key):
 def _annotated(runtimes, now):
     open_episode = AttentionEpisode.objects.filter(runtime=OuterRef("pk")).exclude(state=AttentionEpisode.State.CLOSED)
     settled = Q(runtime_class__in=FINAL_CLASSES) | ~Ticket.expects_worker_q(prefix="ticket__")
-    return runtimes.annotate(
-        attention=ExpressionWrapper(Runtime.needs_attention_q(now), output_field=BooleanField()),
-        settled=ExpressionWrapper(settled, output_field=BooleanField()),
-        episode_id=Subquery(open_episode.values("pk")[:1]),
-        episode_state=Subquery(open_episode.values("state")[:1]),
-        episode_closed_at=Subquery(open_episode.values("closed_at")[:1]),
-    ).values("pk", "attention", "settled", "episode_id", "episode_state", "episode_closed_at", *RUNTIME_FIELDS)
+    return (
+        runtimes.annotate(
+            attention=ExpressionWrapper(Runtime.needs_attention_q(now), output_field=BooleanField()),
+            settled=ExpressionWrapper(settled, output_field=BooleanField()),
+            episode_id=Subquery(open_episode.values("pk")[:1]),
+            episode_state=Subquery(open_episode.values("state")[:1]),
+            episode_closed_at=Subquery(open_episode.values("closed_at")[:1]),
+        )
+        .values("pk", "attention", "settled", "episode_id", "episode_state", "episode_closed_at", *RUNTIME_FIELDS)
+        .order_by()
+    )
 
 
 def _subject(row):
@@ -91,7 +96,10 @@ def rows_for_pass(now):
     that need attention, and every runtime with an unfinished episode (two queries, both on
     partial indexes)."""
     unfinished = AttentionEpisode.objects.exclude(state=AttentionEpisode.State.CLOSED).values("runtime_id")
-    entering = _annotated(Runtime.objects.active().filter(Runtime.needs_attention_q(now)), now)
+    # Unsettled runtimes by a positive class list inside a subquery: the database walks the class
+    # index over unsettled classes only, never the settled history the attention rule also names.
+    unsettled = Runtime.objects.filter(runtime_class__in=UNSETTLED_CLASSES).values("pk")
+    entering = _annotated(Runtime.objects.filter(pk__in=unsettled).filter(Runtime.needs_attention_q(now)), now)
     ongoing = _annotated(Runtime.objects.filter(pk__in=unfinished), now)
     rows = {row["pk"]: row for row in entering}
     rows.update((row["pk"], row) for row in ongoing)
