@@ -533,13 +533,17 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(LivenessEvent)
 class LivenessEventAdmin(ReadOnlyAdmin):
     paginator = EstimatedCountPaginator
-    list_display = ("at", "runtime_handle", "from_badge", "to_badge", "reason", "source", "host")
+    list_display = ("when", "runtime_handle", "from_badge", "to_badge", "reason", "source", "host")
     list_filter = ("to_class", "reason", "source")
     list_select_related = ("runtime",)
     search_fields = ("runtime__handle",)
     show_full_result_count = False
     list_per_page = 100
     date_hierarchy = None
+
+    @admin.display(description="at", ordering="at")
+    def when(self, event):
+        return humanize.when(event.at)
 
     @admin.display(description="runtime", ordering="runtime__handle")
     def runtime_handle(self, event):

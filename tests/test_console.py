@@ -7,7 +7,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -17,16 +17,10 @@ from runtimes.console import board, humanize
 from runtimes.models import LivenessEvent, ReconcilerHeartbeat, RuntimeClass, WatcherHeartbeat
 from runtimes.probes import tmux as tmux_probe
 from tests.conftest import make_runtime, make_ticket, start_session, wait_for
+from tests.test_roles import login_as
 from tickets.models import Comment, Ticket, Verdict
 
 pytestmark = pytest.mark.django_db
-
-
-def login_as(client, role):
-    user = User.objects.create_user(f"{role}-user", password="pw", is_staff=True)
-    user.groups.add(Group.objects.get(name=role))
-    client.force_login(user)
-    return user
 
 
 def missing(minutes_ago, **overrides):
