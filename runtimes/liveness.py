@@ -4,6 +4,7 @@ The class values and the attention rules are the design brief's table; the funct
 place that decides them. The reconciler gathers the inputs and writes the result.
 """
 
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -57,6 +58,11 @@ GONE = "gone"
 ZOMBIE = "zombie"
 REUSED = "reused"
 DENIED = "denied"
+UNVERIFIABLE = "unverifiable"  # the recorded create time is not a finite number: identity unknowable
+
+# Reasons for `unknown` decided here.
+NOT_OBSERVED = "not-observed"
+CLOCK_SKEW = "clock-skew"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Policy:
     usage_limit_grace: float = 600.0  # seconds past resumes_at a usage-limited run may stay limited
     usage_limit_pause: float = 3600.0  # assumed pause when a usage limit gives no reset time
     report_settle: float = 5.0  # a sign of work counts against a report only this much after it
+    clock_skew_tolerance: float = 60.0  # seconds a recorded time may lie ahead of now (hosts' clocks differ)
 
 
 @dataclass(frozen=True)
@@ -233,7 +240,21 @@ def _classify(facts, obs, now, policy):
         return Classification(UNKNOWN, "host-silent", obs.host_silent)
     if facts.controller_action == STOPPING:
         return _classify_stopping(facts, _classify_observed(facts, obs, now, policy))
+    skew = _clock_skew(facts, now, policy)
+    if skew:
+        return Classification(UNKNOWN, CLOCK_SKEW, skew)
     return _classify_observed(facts, obs, now, policy)
+
+
+def _clock_skew(facts, now, policy):
+    """A recorded time ahead of now (another host's clock, a bad import) would pin a class (a
+    launch "not seen yet" forever, a console active forever): say so instead. The runtime is
+    `unknown` (so it needs attention after the grace) until that time has passed, never forever."""
+    for name, moment in (("started_at", facts.started_at), ("last_activity_at", facts.last_activity_at)):
+        ahead = (moment - now).total_seconds() if moment else 0
+        if ahead > policy.clock_skew_tolerance:
+            return f"{name} is {int(ahead)}s in the future ({moment.isoformat()}): clock skew"
+    return ""
 
 
 def _classify_stopping(facts, observed):
@@ -325,8 +346,13 @@ def _gone(facts, now, policy, missing_class, reason, message, certain=False):
 
 def _classify_process(facts, obs, now, policy):
     proc = obs.process
+    if facts.pid_create_time is not None and not math.isfinite(facts.pid_create_time):
+        message = f"pid {facts.pid}: recorded create time {facts.pid_create_time} is not a number; identity unknowable"
+        return Classification(UNKNOWN, NOT_OBSERVED, message)
     if proc is None:
-        return Classification(UNKNOWN, "not-observed", "no pid recorded to probe")
+        return Classification(UNKNOWN, NOT_OBSERVED, "no pid recorded to probe")
+    if proc.state == UNVERIFIABLE:
+        return Classification(UNKNOWN, NOT_OBSERVED, f"pid {proc.pid}: {proc.detail}")
     if proc.state == ALIVE:
         return Classification(PROCESS_LIVE, "process-alive", f"pid {proc.pid} alive")
     if proc.state == DENIED:

@@ -1,3 +1,4 @@
+import math
 from datetime import timedelta
 
 from django.conf import settings
@@ -71,6 +72,7 @@ class Reason(models.TextChoices):
     PID_REUSED = "pid-reused", "pid reused"
     ACCESS_DENIED = "access-denied", "access denied"
     NOT_OBSERVED = "not-observed", "not observed"
+    CLOCK_SKEW = "clock-skew", "clock skew"
     RECENT_ACTIVITY = "recent-activity", "recent activity"
     HEARTBEAT_STALE = "heartbeat-stale", "heartbeat stale"
     HOST_SILENT = "host-silent", "host silent"
@@ -121,9 +123,88 @@ class Provider(models.TextChoices):
 
 
 def validate_model_name(value):
-    """An exact model name: no blanks around or inside (there is no default model to fall back on)."""
+    """An exact model name: no blanks around or inside (there is no default model to fall back on),
+    and never a flag (a name starting with "-" would be read as one)."""
     if not value or value != value.strip() or any(c.isspace() for c in value):
         raise ValidationError(f"{value!r} is not a model name: give the exact model, e.g. gpt-5.5.")
+    if value.startswith("-"):
+        raise ValidationError(f"{value!r} is not a model name: it starts with '-', so the CLI would read a flag.")
+
+
+# A process create time is epoch seconds: finite, not negative, before the year 2286.
+MAX_CREATE_TIME = 1e10
+
+
+def validate_create_time(value):
+    """A pid's create time is a finite epoch time: NaN or infinity would make any pid "ours"."""
+    if value is not None and not (math.isfinite(value) and 0 <= value < MAX_CREATE_TIME):
+        raise ValidationError(f"{value!r} is not a process create time: give epoch seconds (like 1795663518.81).")
+
+
+# Flags a profile's extra arguments may not carry: each would change what the smoke test checked
+# (the model), what Control Room reads (the output format) or how the worker reports itself (the
+# settings holding its hooks, Codex's notify/hooks config). Per CLI, from its documented flags.
+_CLAUDE_FORBIDDEN = {
+    "--model": "the model (set it in the profile's model field)",
+    "--fallback-model": "a second model the smoke test never ran",
+    "--output-format": "the output format Control Room reads",
+    "--input-format": "the input format Control Room writes",
+    "-p": "print mode (always on)",
+    "--print": "print mode (always on)",
+    "--settings": "the settings file holding the worker's hooks",
+    "--bare": "hooks (it skips them)",
+    "--max-turns": "max turns (set it in the profile's max turns field)",
+    "--max-budget-usd": "the budget (set it in the profile's max budget field)",
+    "--resume": "which session runs (the controller resumes runs)",
+    "-r": "which session runs (the controller resumes runs)",
+    "--continue": "which session runs",
+    "-c": "which session runs",
+    "--session-id": "which session runs",
+}
+_CODEX_FORBIDDEN = {
+    "-m": "the model (set it in the profile's model field)",
+    "--model": "the model (set it in the profile's model field)",
+    "--json": "the output format Control Room reads (always on)",
+    "--experimental-json": "the output format Control Room reads",
+    "--oss": "the model provider",
+    "--local-provider": "the model provider",
+    "-p": "the config profile, which may set the model",
+    "--profile": "the config profile, which may set the model",
+}
+_CODEX_CONFIG_FLAGS = ("-c", "--config")
+# Codex `-c key=value` keys that set the model, its provider or effort, notify or hooks.
+_CODEX_FORBIDDEN_KEYS = ("model", "model_provider", "model_providers", "model_reasoning_effort", "notify", "hooks",
+                         "profile", "profiles", "oss_provider")  # fmt: skip
+
+
+def _codex_config_key(value):
+    key = value.split("=", 1)[0].strip().strip("\"'")
+    return key.split(".", 1)[0]
+
+
+def validate_extra_args(provider, args):
+    """Refuse extra CLI arguments that escape the smoke test or Control Room's reading of the run
+    (`--model x`, `--model=x`, `--output-format text`, `--settings f`, Codex `-c notify=[…]`, …).
+    Raises ValidationError naming the argument and what it would change."""
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise ValidationError("Extra arguments must be a JSON list of strings.")
+    forbidden = _CODEX_FORBIDDEN if provider == Provider.CODEX else _CLAUDE_FORBIDDEN
+    for index, arg in enumerate(args):
+        flag, _, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if flag in forbidden:
+            raise ValidationError(f"Extra argument {arg!r} would change {forbidden[flag]}; remove it.")
+        if provider != Provider.CODEX:
+            continue
+        value = None
+        if flag in _CODEX_CONFIG_FLAGS:
+            value = inline or (args[index + 1] if index + 1 < len(args) else "")
+        elif arg.startswith("-c") and len(arg) > 2 and not arg.startswith("--"):
+            value = arg[2:]
+        if value is not None and _codex_config_key(value) in _CODEX_FORBIDDEN_KEYS:
+            raise ValidationError(
+                f"Extra argument {arg!r} {value!r} sets {_codex_config_key(value)}, which the profile or "
+                "Control Room controls; remove it."
+            )
 
 
 class RuntimeQuerySet(models.QuerySet):
@@ -168,7 +249,10 @@ class Runtime(models.Model):
     )
     pid = models.PositiveIntegerField(null=True, blank=True)
     pid_create_time = models.FloatField(
-        null=True, blank=True, help_text="The process's start time (epoch seconds): with pid, its identity."
+        null=True,
+        blank=True,
+        validators=[validate_create_time],
+        help_text="The process's start time (epoch seconds): with pid, its identity.",
     )
     provider = models.CharField(max_length=12, choices=Provider, default=Provider.OTHER)
     model = models.CharField(max_length=100, blank=True)
@@ -270,6 +354,13 @@ class Runtime(models.Model):
             models.CheckConstraint(
                 name="runtime_kind_valid",
                 condition=Q(kind__in=["tmux", "process", "websocket"]),
+            ),
+            # NaN and infinity are refused (on PostgreSQL NaN sorts above every number).
+            models.CheckConstraint(
+                name="runtime_create_time_finite",
+                condition=Q(pid_create_time__isnull=True)
+                | Q(pid_create_time__gte=0, pid_create_time__lt=MAX_CREATE_TIME),
+                violation_error_message="A process create time is a finite epoch time.",
             ),
         ]
         indexes = [
@@ -486,8 +577,10 @@ class WorkerProfile(models.Model):
         return self.name
 
     def clean(self):
-        if not isinstance(self.extra_args, list) or not all(isinstance(a, str) for a in self.extra_args):
-            raise ValidationError({"extra_args": "Extra arguments must be a JSON list of strings."})
+        try:
+            validate_extra_args(self.provider, self.extra_args)
+        except ValidationError as error:
+            raise ValidationError({"extra_args": error.messages}) from None
 
 
 class ModelSmokeResult(models.Model):

@@ -7,18 +7,27 @@ REDACTED = "[REDACTED]"
 _SECRET_PATTERNS = [
     # Provider API keys: sk-…, sk-ant-…, sk-proj-…
     re.compile(r"\bsk-[A-Za-z0-9_\-]{12,}"),
-    # Authorization headers and bearer tokens.
+    # Authorization headers (any scheme: Basic, Bearer, Digest, token …) and bearer tokens.
+    re.compile(
+        r"(?i)(?P<keep>\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:basic|bearer|digest|token)\s+)?)[^\s\"',}]{4,}"
+    ),
     re.compile(r"(?i)\b(bearer|token)\s+[A-Za-z0-9._~+/=\-]{12,}"),
+    # A password in a URL: scheme://user:password@host.
+    re.compile(r"(?i)(?P<keep>\b[a-z][a-z0-9+.\-]*://[^\s/:@]*:)[^\s/@]+(?=@)"),
     # JSON web tokens (the ChatGPT sign-in's id/access tokens are JWTs).
     re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]+)?"),
-    # GitHub, Slack and AWS credentials.
-    re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16})\b"),
+    # GitHub (classic and fine-grained), GitLab, Slack and AWS credentials.
+    re.compile(
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{16,}"
+        r"|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16})\b"
+    ),
 ]
-# "access_token": "…", OPENAI_API_KEY=…, refresh_token: … (the Codex auth file's fields).
+# "access_token": "…", OPENAI_API_KEY=…, refresh_token: … (the Codex auth file's fields), and any
+# NAME_…SECRET…=…, AWS_SECRET_ACCESS_KEY=…, DB_PASSWORD=…, GITHUB_TOKEN=… assignment.
 _SECRET_FIELDS = re.compile(
     r"""(?ix)
-    (["']?(?:access_token|refresh_token|id_token|api[_-]?key|openai_api_key|anthropic_api_key|
-       personal_access_token|secret|password|authorization)["']?\s*[:=]\s*)
+    (["']?[a-z0-9_\-]*(?:access_token|refresh_token|id_token|api[_-]?key|personal_access_token|
+       secret(?:[_-]?access)?(?:[_-]?key)?|password|passwd|private[_-]?key|_token)["']?\s*[:=]\s*)
     (["']?)[^"'\s,}]{4,}\2
     """
 )
@@ -27,7 +36,8 @@ _SECRET_FIELDS = re.compile(
 def redact(text):
     # Token shapes first (so "Authorization: Bearer <token>" loses the token, not just "Bearer").
     for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(REDACTED, text)
+        keep = "keep" in pattern.groupindex
+        text = pattern.sub(lambda m, keep=keep: (m.group("keep") if keep else "") + REDACTED, text)
     return _SECRET_FIELDS.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
 
 

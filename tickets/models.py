@@ -4,7 +4,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-TICKET_KEY_PATTERN = r"^[A-Z][A-Z0-9]{1,9}-[1-9][0-9]{0,7}$"
+TICKET_KEY_PATTERN = r"^[A-Z][A-Z0-9]{1,9}-[1-9][0-9]{0,7}\Z"
 validate_ticket_key = RegexValidator(
     TICKET_KEY_PATTERN,
     "A ticket key is a project code in capitals, a dash and a number, like MC-4502.",
@@ -225,7 +225,7 @@ class Verdict(models.Model):
     commit_sha = models.CharField(
         max_length=40,
         blank=True,
-        validators=[RegexValidator(r"^[0-9a-f]{7,40}$", "A commit SHA is 7 to 40 lowercase hex digits.")],
+        validators=[RegexValidator(r"^[0-9a-f]{7,40}\Z", "A commit SHA is 7 to 40 lowercase hex digits.")],
     )
     created_at = models.DateTimeField(default=timezone.now)
 

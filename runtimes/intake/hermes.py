@@ -26,7 +26,7 @@ from runtimes.probes import processes as process_probe
 from tickets.models import Ticket
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
-SESSION_ID = re.compile(r"^proc_[0-9a-f]{12}$")
+SESSION_ID = re.compile(r"^proc_[0-9a-f]{12}\Z")
 # A ticket key anywhere in a field (TICKET_KEY_PATTERN without its anchors).
 TICKET_KEY = re.compile(r"(?<![A-Za-z0-9])[A-Z][A-Z0-9]{1,9}-[1-9][0-9]{0,7}(?![0-9])")
 TICKET_FIELDS = ("session_key", "task_id", "cwd", "command")

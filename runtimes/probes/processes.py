@@ -4,9 +4,11 @@ A process is ours when its pid exists *and* its start time matches the one recor
 A zombie is dead; a different start time means the pid was reused and our process is gone.
 """
 
+import math
+
 import psutil
 
-from runtimes.liveness import ALIVE, DENIED, GONE, REUSED, ZOMBIE, ProcessFacts
+from runtimes.liveness import ALIVE, DENIED, GONE, REUSED, UNVERIFIABLE, ZOMBIE, ProcessFacts
 
 # Start times are read from /proc with clock-tick resolution, and the boot time they are added to
 # can shift by a second; a reused pid starting within this window of ours would be missed.
@@ -22,6 +24,10 @@ def create_time_of(pid):
 
 
 def probe_one(pid, expected_create_time):
+    if expected_create_time is not None and not math.isfinite(expected_create_time):
+        # NaN compares unequal to everything, so any process would pass as ours: refuse to judge.
+        detail = f"recorded create time {expected_create_time} is not a finite number; identity unknowable"
+        return ProcessFacts(pid, UNVERIFIABLE, detail=detail)
     try:
         process = psutil.Process(pid)
         with process.oneshot():

@@ -5,8 +5,12 @@ libtmux's `tmux_cmd` waits on tmux with no time limit, so a hung server would ha
 reconciler; these calls build the same `tmux -L NAME …` argv and run it under a timeout.
 """
 
+import os
+import stat
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_all
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -45,11 +49,35 @@ def socket_args(socket):
     return ["-S", socket] if "/" in socket else ["-L", socket]
 
 
+def socket_path(socket):
+    """The file a socket name or path stands for (tmux's own rule for -L: $TMUX_TMPDIR or /tmp,
+    then tmux-UID/NAME); None for the default server."""
+    if not socket:
+        return None
+    if "/" in socket:
+        return socket
+    return os.path.join(os.environ.get("TMUX_TMPDIR") or "/tmp", f"tmux-{os.getuid()}", socket)  # noqa: S108
+
+
+def check_socket_file(socket):
+    """Refuse a socket that names an existing file which is not a socket: tmux would delete that
+    file and bind its server there. Raises TmuxError."""
+    path = socket_path(socket)
+    try:
+        mode = os.lstat(path).st_mode if path else None
+    except OSError:
+        return
+    if mode is not None and not stat.S_ISSOCK(mode):
+        raise TmuxError(f"tmux socket {path} exists and is not a socket; refusing to let tmux replace it")
+
+
 def run(socket, *args, tmux_bin=None, timeout=None):
     """Run one tmux command on `socket`; return the CompletedProcess, or raise TmuxError.
-    The binary and the time limit default to CONTROLROOM_TMUX_BIN and CONTROLROOM_TMUX_TIMEOUT."""
+    The binary and the time limit default to CONTROLROOM_TMUX_BIN and CONTROLROOM_TMUX_TIMEOUT.
+    A socket path that exists and is not a socket is refused before tmux runs."""
     tmux_bin = tmux_bin or settings.CONTROLROOM["TMUX_BIN"]
     timeout = timeout or settings.CONTROLROOM["TMUX_TIMEOUT"]
+    check_socket_file(socket)
     argv = [tmux_bin, *socket_args(socket), *args]
     try:
         return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
@@ -203,9 +231,39 @@ def list_panes(socket, tmux_bin=None, timeout=None):
     return SocketSnapshot.of(socket, parse_panes(done.stdout.splitlines()))
 
 
+# Sockets probed at once; more than this many share the one overall time bound.
+MAX_PARALLEL_SOCKETS = 16
+
+
 def snapshot(sockets, tmux_bin=None, timeout=None):
-    """Every pane on every socket named: one tmux call per distinct socket."""
-    return {socket: list_panes(socket, tmux_bin, timeout) for socket in sorted(set(sockets))}
+    """Every pane on every socket named: one tmux call per distinct socket, all sockets probed
+    concurrently under one overall bound (the tmux timeout), so hung servers cost one timeout per
+    pass, not one each. A socket not answered by the deadline is an error in its snapshot."""
+    sockets = sorted(set(sockets))
+    if len(sockets) <= 1:
+        return {socket: list_panes(socket, tmux_bin, timeout) for socket in sockets}
+    timeout = timeout or settings.CONTROLROOM["TMUX_TIMEOUT"]
+    deadline = time.monotonic() + timeout
+
+    def probe(socket):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return SocketSnapshot(
+                socket, error=f"tmux list-panes timed out after {timeout:g}s on {socket or 'default'}"
+            )
+        return list_panes(socket, tmux_bin, left)
+
+    pool = ThreadPoolExecutor(max_workers=min(len(sockets), MAX_PARALLEL_SOCKETS), thread_name_prefix="tmux-probe")
+    try:
+        futures = {socket: pool.submit(probe, socket) for socket in sockets}
+        wait_for_all(futures.values(), timeout=timeout + 1)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    late = f"tmux list-panes timed out after {timeout:g}s"
+    return {
+        socket: future.result() if future.done() and not future.cancelled() else SocketSnapshot(socket, error=late)
+        for socket, future in futures.items()
+    }
 
 
 def capture_pane(socket, target, lines=40, timeout=None, tmux_bin=None):

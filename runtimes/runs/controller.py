@@ -25,7 +25,7 @@ from runtimes.probes import tmux as tmux_probe
 from tickets.models import Ticket
 
 SESSION_PREFIX = "cr-"
-_SESSION_TICKET = re.compile(r"^cr-(?P<project>[a-z][a-z0-9]{1,9})-(?P<number>[1-9][0-9]{0,7})(?:-|$)")
+_SESSION_TICKET = re.compile(r"^cr-(?P<project>[a-z][a-z0-9]{1,9})-(?P<number>[1-9][0-9]{0,7})(?:-|\Z)")
 
 
 class ControllerError(Exception):

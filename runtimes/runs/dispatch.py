@@ -30,6 +30,7 @@ from runtimes.models import (
     Runtime,
     RuntimeClass,
     WorkerProfile,
+    validate_extra_args,
     validate_model_name,
 )
 from runtimes.probes import processes as process_probe
@@ -37,7 +38,7 @@ from runtimes.probes import tmux as tmux_probe
 from runtimes.runs import budgets, exec_worker, outcomes
 from runtimes.runs.controller import session_name_for
 from runtimes.text import safe_text
-from tickets.models import Ticket
+from tickets.models import Ticket, validate_ticket_key
 
 SMOKE_PROMPT = "Reply with the single word OK."
 R = ModelSmokeResult.Reason
@@ -160,11 +161,22 @@ def recent_passing_smoke(provider, model, now):
     return latest if latest and latest.ok and latest.checked_at >= cutoff else None
 
 
+def check_profile_argv(profile):
+    """The profile's model and extra arguments as the admin form checks them, enforced at launch
+    (a profile written around the form cannot slip a second model or output format past the smoke test)."""
+    try:
+        validate_model_name(profile.model)
+        validate_extra_args(profile.provider, profile.extra_args)
+    except ValidationError as error:
+        raise DispatchError(f"Worker profile {profile.name}: {' '.join(error.messages)}") from None
+
+
 def worker_argv(profile, reporting_args=(), resume_session_id=""):
     """The CLI's argv for a profile: machine-readable output, the exact model, the profile's flags,
     and the switches that make the worker report itself (runtimes.intake.wiring); with
     `resume_session_id`, the CLI's resume form (Claude `--resume <session_id>`, Codex
     `exec … resume <thread_id> -`), the prompt still on standard input."""
+    check_profile_argv(profile)
     binary = cli_bin(profile.provider)
     if profile.provider == Provider.CODEX:
         argv = [binary, "exec", "--json", "--skip-git-repo-check", "-m", profile.model]
@@ -205,6 +217,13 @@ class LaunchRequest:
             raise DispatchError(f"No worker profile {self.profile_name!r}; enabled profiles: {names}.")
         if not profile.enabled:
             raise DispatchError(f"Worker profile {profile.name} is disabled: enable it in the admin first.")
+        check_profile_argv(profile)
+        try:
+            # A key stored before keys were checked in full (e.g. with a trailing newline) would
+            # name a tmux session that cannot be found again to clean it up.
+            validate_ticket_key(ticket.key)
+        except ValidationError:
+            raise DispatchError(f"Ticket key {ticket.key!r} is not a valid key (like MC-4502): fix it first.") from None
         if not Path(self.cwd).is_dir():
             raise DispatchError(f"--cwd {self.cwd} is not a directory.")
         try:
