@@ -70,9 +70,10 @@ def test_expects_worker_only_for_working_non_umbrella_tickets():
 def test_pure_classifier_names_match_the_model_choices():
     names = {value for key, value in vars(liveness).items() if key.isupper() and isinstance(value, str)}
     reasons = {liveness.PERMISSION_PROMPT, liveness.ELICITATION, liveness.IDLE_PROMPT, liveness.USAGE_LIMIT,
-               liveness.NO_PROGRESS, liveness.WORKING}  # fmt: skip
+               liveness.NO_PROGRESS, liveness.WORKING, liveness.NOT_OBSERVED, liveness.CLOCK_SKEW}  # fmt: skip
     actions = set(liveness.CONTROLLER_ACTIONS)
-    classes = names - {liveness.ALIVE, liveness.GONE, liveness.ZOMBIE, liveness.REUSED, liveness.DENIED} - reasons
+    states = {liveness.ALIVE, liveness.GONE, liveness.ZOMBIE, liveness.REUSED, liveness.DENIED, liveness.UNVERIFIABLE}
+    classes = names - states - reasons
     assert classes - actions == set(RuntimeClass.values)
     assert reasons <= set(Reason.values)
     assert actions == set(Runtime.ControllerAction.values)
@@ -91,7 +92,7 @@ def test_reason_vocabulary_covers_what_the_classifier_emits():
         "controller-kill", "controller-complete", "host-silent", "recent-activity", "heartbeat-stale",
         "awaiting-start", "ticket-inactive", "start-timeout", "not-observed", "process-alive", "access-denied",
         "process-zombie", "pid-reused", "process-exited", "tmux-unreachable", "session-missing", "pane-alive",
-        "pane-dead-signal", "pane-dead-exit",
+        "pane-dead-signal", "pane-dead-exit", "clock-skew",
     }  # fmt: skip
     assert emitted <= set(Reason.values)
 

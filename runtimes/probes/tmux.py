@@ -251,7 +251,10 @@ def snapshot(sockets, tmux_bin=None, timeout=None):
             return SocketSnapshot(
                 socket, error=f"tmux list-panes timed out after {timeout:g}s on {socket or 'default'}"
             )
-        return list_panes(socket, tmux_bin, left)
+        probed = list_panes(socket, tmux_bin, left)
+        if probed.error and "timed out" in probed.error:  # name the bound, not the time left of it
+            probed.error = f"tmux list-panes timed out after {timeout:g}s on {socket or 'default'}"
+        return probed
 
     pool = ThreadPoolExecutor(max_workers=min(len(sockets), MAX_PARALLEL_SOCKETS), thread_name_prefix="tmux-probe")
     try:
