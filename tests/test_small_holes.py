@@ -279,3 +279,49 @@ def test_a_profile_written_around_the_form_is_refused_at_launch(fake_bin, tmp_pa
         call_command("launch_worker", ticket.key, "--profile", "sneaky", "--cwd", str(tmp_path),
                      "--prompt-file", str(prompt), "--tmux-socket", tmux_socket)  # fmt: skip
     assert not Runtime.objects.exists() and not (fake_bin / "calls.jsonl").exists()
+
+
+# --- the README's commands -----------------------------------------------------------------------
+
+
+def readme_shell_lines():
+    """The `manage.py` lines of the README's sh code blocks."""
+    from tests.clusters import ROOT
+
+    lines, in_sh = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            in_sh = line.strip() == "```sh"
+            continue
+        if in_sh and "manage.py" in line:
+            lines.append(line.split("#", 1)[0].strip())
+    return lines
+
+
+def test_the_readme_s_manage_py_lines_run_as_written_without_a_secret_key(tmp_path):
+    from tests.clusters import ROOT
+
+    lines = [line for line in readme_shell_lines() if not line.startswith("export")]
+    assert lines, "the README shows how to run manage.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE")}
+    env["CONTROLROOM_VAR_DIR"] = str(tmp_path)
+    for line in lines:
+        words = line.split()
+        assignments = dict(word.split("=", 1) for word in words[: words.index(".venv/bin/python")])
+        argv = words[words.index(".venv/bin/python") :][:3]  # python manage.py COMMAND (options as written vary)
+        done = subprocess.run([*argv, "--help"], cwd=ROOT, env={**env, **assignments}, capture_output=True, text=True,
+                              check=False)  # fmt: skip
+        assert done.returncode == 0, (line, done.stderr[-300:])
+
+
+def test_every_command_in_the_readme_s_table_exists():
+    import re
+
+    from django.core.management import get_commands
+
+    from tests.clusters import ROOT
+
+    table = re.findall(r"^\| `([a-z_]+)[ `]", (ROOT / "README.md").read_text(), re.MULTILINE)
+    commands = [name for name in table if "_" in name or name in ("qcluster",)]
+    assert "bench_reconcile" in commands and "launch_worker" in commands
+    assert set(commands) <= set(get_commands())
