@@ -1,10 +1,12 @@
 import signal
 import subprocess
 import sys
-import time
+
+import psutil
 
 from runtimes.liveness import EXITED, Observation
 from runtimes.runs.exec_worker import read_exit_file
+from tests.conftest import wait_for
 from tests.test_liveness import classify, facts, pane
 
 WRAPPER = [sys.executable, "runtimes/runs/exec_worker.py"]
@@ -37,7 +39,7 @@ def test_the_wrapper_dies_by_the_cli_s_signal(tmp_path):
 
 def test_sigterm_to_the_wrapper_reaches_the_cli(tmp_path):
     process, log = run_wrapped(tmp_path, "sleep", "30")
-    time.sleep(0.3)
+    assert wait_for(lambda: psutil.Process(process.pid).children())  # the CLI runs
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=5) == -signal.SIGTERM
     assert read_exit_file(log) == (None, 15)

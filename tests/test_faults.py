@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 import psutil
 import pytest
@@ -20,7 +21,7 @@ from runtimes.models import LivenessEvent, Runtime
 from runtimes.probes import processes as process_probe
 from runtimes.reconcile import reconcile
 from tests.clusters import ROOT, environment, manage
-from tests.conftest import make_runtime, make_ticket, start_session
+from tests.conftest import make_runtime, make_ticket, start_session, wait_for
 from tests.test_reconcile import process_runtime, refreshed, tmux_runtime
 
 
@@ -151,17 +152,32 @@ def test_a_locked_sqlite_database_fails_the_pass_cleanly(tmp_path):
     assert '"transitions": 50' in caught_up.stdout
 
 
+def last_heartbeat(db_path):
+    """When the fault host's reconciler last finished a pass (None before its first)."""
+    with sqlite3.connect(db_path, timeout=5) as db:
+        row = db.execute("SELECT max(finished_at) FROM runtimes_reconcilerheartbeat").fetchone()
+    return row[0]
+
+
+def passes_run_or_died(db_path, beat_before, worker):
+    return last_heartbeat(db_path) != beat_before or worker.poll() is not None
+
+
 def test_sigkill_mid_pass_leaves_class_and_ledger_in_agreement(tmp_path):
     env = sqlite_env(tmp_path)
     db_path = tmp_path / "fault.sqlite3"
     seed_rows(db_path, 800)
     rng = random.Random(7)
     for _ in range(6):
+        beat_before = last_heartbeat(db_path)
         worker = subprocess.Popen(
             [sys.executable, "manage.py", "reconcile_runtimes", "--watch", "--interval", "0.01"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        time.sleep(rng.uniform(0.6, 4.0))  # start-up is ~0.5 s, one pass ~0.5 s
+        # Kill it at a random point once its passes run (however long start-up takes on a busy machine).
+        assert wait_for(partial(passes_run_or_died, db_path, beat_before, worker), timeout=60)
+        assert worker.poll() is None, "the reconcile loop died by itself"
+        time.sleep(rng.uniform(0.0, 1.0))  # where in the next passes the kill lands, not a wait for anything
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
         with sqlite3.connect(db_path) as db:
@@ -204,6 +220,12 @@ def test_two_reconcilers_a_hundred_passes_each_with_changing_workers(sleeper):
             connections.close_all()
 
     def killer():
+        # Kill only once every worker has been seen alive, so each chain is known: pending → live (→ dead).
+        try:
+            pending = Runtime.objects.filter(pk__in=[r.pk for r in runtimes], runtime_class="pending")
+            wait_for(lambda: not pending.exists(), timeout=120)
+        finally:
+            connections.close_all()
         for process in processes[::2]:
             if stop.wait(0.05):
                 return

@@ -71,18 +71,24 @@ def main(argv=None):
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given after --")
+    # Signals are caught from the start: one that arrives before the CLI exists is passed on as
+    # soon as it does, so a stop never skips the exit record.
+    started, pending = [], []
+    for sig in FORWARDED:
+        signal.signal(sig, lambda number, frame: started[0].send_signal(number) if started else pending.append(number))
     try:
         with open(args.stdin, "rb") as prompt, open(args.stdout, "ab") as log:
             os.chmod(args.stdout, 0o600)
-            child = subprocess.Popen(command, stdin=prompt, stdout=log)
+            started.append(subprocess.Popen(command, stdin=prompt, stdout=log))
     except OSError as error:
         print(f"exec_worker: cannot start {command[0]}: {error.strerror} ({error.filename})", file=sys.stderr)
         _write_exit_file(args.stdout, 127)
         if args.notify:
             notify_exit(args.notify, args.stdout, 127)
         return 127
-    for sig in FORWARDED:
-        signal.signal(sig, lambda number, frame: child.send_signal(number))
+    child = started[0]
+    for number in pending:
+        child.send_signal(number)
     returncode = child.wait()
     _write_exit_file(args.stdout, returncode)
     if args.notify:
