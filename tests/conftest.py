@@ -86,7 +86,10 @@ def pane_is_dead(server, session, status_reported=True):
     return dead and (len(out.stdout[0]) > 2 or not status_reported)
 
 
-def wait_for(predicate, timeout=10.0, interval=0.05):
+def wait_for(predicate, timeout=30.0, interval=0.05):
+    """Poll until the predicate holds or the deadline passes; returns its last value. The default
+    deadline is generous: waiting costs nothing when the condition comes early, and a busy machine
+    (two suites side by side on two cores) can be many times slower than an idle one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

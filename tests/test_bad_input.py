@@ -10,7 +10,7 @@ from django_q.models import Schedule
 
 from runtimes.models import LivenessEvent, ModelSmokeResult, Runtime
 from runtimes.text import REDACTED, safe_text
-from tests.clusters import ROOT
+from tests.clusters import ROOT, migrate_sqlite
 from tests.conftest import make_runtime, make_ticket, pane_is_dead, start_session, wait_for
 from tickets.models import Ticket, Verdict
 
@@ -54,7 +54,7 @@ def test_bad_command_input_is_a_clear_error_that_writes_nothing(args, message):
 def test_a_command_error_exits_non_zero_with_one_line_and_no_traceback(tmp_path):
     env = {"DJANGO_SETTINGS_MODULE": "controlroom.settings_test", "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
            "PATH": "/usr/bin:/bin"}  # fmt: skip
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    migrate_sqlite(tmp_path / "x.db")
     done = subprocess.run([sys.executable, "manage.py", "harvest_runtime", "tmux:nope"], cwd=ROOT, env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 1

@@ -20,7 +20,7 @@ from runtimes import ledger
 from runtimes.models import LivenessEvent, Runtime
 from runtimes.probes import processes as process_probe
 from runtimes.reconcile import reconcile
-from tests.clusters import ROOT, environment, manage
+from tests.clusters import ROOT, environment, manage, migrate_sqlite
 from tests.conftest import make_runtime, make_ticket, start_session, wait_for
 from tests.test_reconcile import process_runtime, refreshed, tmux_runtime
 
@@ -107,7 +107,7 @@ def test_a_database_failure_mid_write_commits_nothing_and_the_next_pass_catches_
 
 def sqlite_env(tmp_path, host="fault-host"):
     env = environment(f"sqlite:///{tmp_path}/fault.sqlite3", host, CONTROLROOM_SQLITE_TIMEOUT="1")
-    manage(env, "migrate", "-v0")
+    migrate_sqlite(tmp_path / "fault.sqlite3")
     return env
 
 

@@ -87,7 +87,11 @@ def test_each_host_reconciles_its_own_runtimes_and_a_stopped_host_turns_unknown(
         assert {h for (h,) in rows(url, "SELECT host FROM runtimes_reconcilerheartbeat")} == set(hosts)
 
         clusters.pop(host_b).stop()  # host B goes quiet; its worker keeps running, unobserved
-        wait_until(lambda: False, timeout=6)  # past the 5 s grace
+        # Wait until host B's last heartbeat is older than the 5 s silence limit (by the database's clock).
+        silent_sql = (
+            "SELECT now() - finished_at > interval '5 seconds' FROM runtimes_reconcilerheartbeat WHERE host = %s"
+        )
+        assert wait_until(lambda: rows(url, silent_sql, host_b) == [(True,)], timeout=60)
         enqueue = f"from django_q.tasks import async_task; async_task('runtimes.tasks.reconcile_host', host='{host_a}')"
         manage(envs[host_a], "shell", "-c", enqueue)
 

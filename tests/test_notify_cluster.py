@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from tests.clusters import Cluster, environment, manage, wait_until
+from tests.clusters import Cluster, environment, manage, migrate_sqlite, wait_until
 from tests.conftest import start_session
 from tests.notify_helpers import closed_port
 
@@ -34,7 +34,7 @@ def test_a_real_cluster_delivers_once_per_episode_and_once_more_on_resolve(tmp_p
         CONTROLROOM_PUBLIC_URL="https://cr.example",
         CONTROLROOM_NOTIFY_QUIET="120",
     )
-    manage(env, "migrate", "-v0")
+    migrate_sqlite(db_path)
     start_session(tmux, "cr-nq", "sleep", "600")
     create = (
         "from runtimes.models import Runtime; from tickets.models import Ticket; "

@@ -4,7 +4,7 @@ import json
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from runtimes.runs.outcomes import Usage, classify_claude, classify_codex, price
@@ -170,17 +170,31 @@ def test_verdict_prefixes(text, verdict):
     assert parse_verdict(text) == verdict
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6),
-    max_leaves=20,
+# The fuzz tests below are few-but-targeted: the deterministic sweep covers every documented field
+# of every event with every JSON type, and hypothesis adds random nestings and mixes on top (its
+# example generation, not the parsers, is what costs time: ~0.1 s per example on a busy machine).
+# One value of every JSON type, plus the awkward ones: NaN, infinities, huge and negative numbers,
+# deep nesting, strings that look like verdicts or status codes.
+EVERY_TYPE = [None, True, False, 0, -1, 2**70, 1.5, float("nan"), float("inf"), float("-inf"), "", "DONE", "429",
+              "x" * 5000, [], [None], ["DONE"], {}, {"type": "result"}, {"message": {"a": [1, {"b": None}]}},
+              json.loads("[" * 200 + "]" * 200)]  # fmt: skip
+
+
+json_values = st.sampled_from(EVERY_TYPE) | st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=6,
 )
+RESULT_FIELDS = ("subtype", "is_error", "result", "errors", "terminal_reason", "api_error_status", "num_turns",
+                 "total_cost_usd", "usage", "session_id")  # fmt: skip
+CODEX_FIELDS = ("error", "item", "message", "usage", "thread_id")
+CODEX_TYPES = ("turn.completed", "turn.failed", "error", "item.completed", "thread.started")
 result_like = st.fixed_dictionaries(
     {"type": st.just("result")},
     optional={
         "subtype": st.sampled_from(["success", "error_max_turns", "error_during_execution", "x"]) | json_values,
         "is_error": json_values,
-        "result": st.text() | json_values,
+        "result": st.text(max_size=200) | json_values,
         "errors": json_values,
         "terminal_reason": json_values,
         "api_error_status": json_values,
@@ -189,31 +203,57 @@ result_like = st.fixed_dictionaries(
     },
 )
 codex_like = st.fixed_dictionaries(
-    {"type": st.sampled_from(["turn.completed", "turn.failed", "error", "item.completed", "thread.started"])},
+    {"type": st.sampled_from(CODEX_TYPES)},
     optional={"error": json_values, "item": json_values, "message": json_values, "usage": json_values},
 )
 
 
-@settings(max_examples=1500, deadline=None)
-@given(st.binary(max_size=2000))
-def test_parsers_never_raise_on_arbitrary_bytes(raw):
-    for classify in (classify_claude, classify_codex):
-        assert classify(raw).exit_outcome in ("completed", "partial-useful", "failed", "")
-    parse_verdict(raw.decode("utf-8", "replace"))
-
-
-@settings(max_examples=1500, deadline=None)
-@given(st.lists(result_like | codex_like | json_values, max_size=6))
-def test_parsers_never_raise_on_arbitrary_json_lines(objects):
-    text = "\n".join(json.dumps(o) for o in objects)
+def assert_classifies(text):
     for classify in (classify_claude, classify_codex):
         outcome = classify(text)
         assert outcome.exit_outcome in ("completed", "partial-useful", "failed", "")
         assert len(outcome.message) <= 2000
 
 
-@settings(max_examples=1000, deadline=None)
+def test_every_field_of_every_event_tolerates_every_json_type():
+    for value in EVERY_TYPE:
+        for name in RESULT_FIELDS:
+            base = claude_result(result="DONE — ok")
+            assert_classifies(json.dumps({**base, name: value}))
+            assert_classifies(json.dumps({"type": "result", name: value}))
+        for event in CODEX_TYPES:
+            for name in CODEX_FIELDS:
+                assert_classifies(json.dumps({"type": event, name: value}))
+        assert_classifies(json.dumps(value))
+        assert_classifies(json.dumps({"type": value}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=2000))
+@example(b"\xff\xfe\x00{")  # invalid UTF-8 and NUL before a brace
+@example(b'{"type": "result", "subtype": "success", "result": "\xed\xa0\x80"}')  # an encoded lone surrogate
+@example(b"\xef\xbb\xbf" + json.dumps(claude_result(result="DONE")).encode())  # a byte-order mark
+@example(b"\n" * 2000)
+@example(b'{"type": "result"' * 100)
+def test_parsers_never_raise_on_arbitrary_bytes(raw):
+    for classify in (classify_claude, classify_codex):
+        assert classify(raw).exit_outcome in ("completed", "partial-useful", "failed", "")
+    parse_verdict(raw.decode("utf-8", "replace"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(result_like | codex_like | json_values, max_size=6))
+@example([claude_result(result="DONE"), {"type": "result", "subtype": None}])  # a later broken result
+@example([{"type": "turn.completed"}, {"type": "error", "message": None}, {"type": "turn.failed", "error": 3}])
+def test_parsers_never_raise_on_arbitrary_json_lines(objects):
+    assert_classifies("\n".join(json.dumps(o) for o in objects))
+
+
+@settings(max_examples=400, deadline=None)
 @given(st.text())
+@example("**" * 5000 + "DONE")
+@example("\u2705 " * 300 + "DONE")
+@example("Verdict:" * 400)
 def test_verdict_parser_never_raises(text):
     assert parse_verdict(text) in (
         None,

@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from tests.clusters import Cluster, environment, manage, wait_until
+from tests.clusters import Cluster, environment, manage, migrate_sqlite, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def failed_tasks(db_path):
 def test_a_real_qcluster_runs_the_registered_schedule_and_a_heartbeat_appears(tmp_path):
     db_path = tmp_path / "cluster.sqlite3"
     env = environment(f"sqlite:///{db_path}", "qc-host")
-    manage(env, "migrate", "-v0")
+    migrate_sqlite(db_path)
     registered = manage(env, "setup_schedules")
     assert "Created schedule 'reconcile-runtimes@qc-host'" in registered.stdout
     assert "Updated schedule" in manage(env, "setup_schedules").stdout  # idempotent, by name

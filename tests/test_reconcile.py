@@ -16,6 +16,7 @@ from django.utils import timezone
 from runtimes.models import LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass
 from runtimes.probes.processes import create_time_of
 from runtimes.reconcile import reconcile
+from tests.clusters import migrate_sqlite
 from tests.conftest import make_runtime, make_ticket, pane_is_dead, start_session, wait_for
 from tickets.models import Ticket
 
@@ -294,7 +295,7 @@ def test_reconcile_watch_stops_cleanly_on_sigterm(tmp_path):
         "DJANGO_SETTINGS_MODULE": "controlroom.settings_test",
         "DATABASE_URL": f"sqlite:///{tmp_path}/w.db",
     }
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], env=env, check=True)
+    migrate_sqlite(tmp_path / "w.db")
     watcher = subprocess.Popen(
         [sys.executable, "manage.py", "reconcile_runtimes", "--watch", "--interval", "0.2"],
         env=env,

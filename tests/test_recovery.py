@@ -15,7 +15,7 @@ from django.db import connection
 
 from runtimes import tasks
 from runtimes.models import ReconcilerHeartbeat
-from tests.clusters import ROOT, environment, manage
+from tests.clusters import ROOT, environment, migrate_sqlite
 from tests.conftest import postgres_url, wait_for
 
 needs_postgres = pytest.mark.skipif(not postgres_url(), reason="needs PostgreSQL: set DATABASE_URL=postgres://…")
@@ -106,7 +106,7 @@ def test_a_scheduled_pass_after_its_backend_was_terminated_succeeds():
 def sqlite_database(tmp_path):
     path = tmp_path / "watch.sqlite3"
     env = environment(f"sqlite:///{path}", "lite-watch")
-    manage(env, "migrate", "-v0")
+    migrate_sqlite(path)
     return path, env
 
 
