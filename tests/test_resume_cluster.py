@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.clusters import Cluster, environment, manage, wait_until
+from tests.clusters import Cluster, environment, manage, migrate_sqlite, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_auto_resume_fires_once_from_a_real_qcluster_and_the_resumed_run_complet
         f"sqlite:///{db_path}", "ar-host", CONTROLROOM_AUTO_RESUME="1", CONTROLROOM_RESUME_JITTER="0",
         CONTROLROOM_CLAUDE_BIN=str(fake_bin / "claude"), CONTROLROOM_RUN_DIR=str(tmp_path / "runs"),
     )  # fmt: skip
-    manage(env, "migrate", "-v0")
+    migrate_sqlite(db_path)
     setup = (
         "from tickets.models import Ticket; from runtimes.models import WorkerProfile; "
         "Ticket.objects.create(key='MC-77', title='t', state='in_progress', kind='task'); "
