@@ -26,7 +26,7 @@ _SECRET_PATTERNS = [
 # NAME_…SECRET…=…, AWS_SECRET_ACCESS_KEY=…, DB_PASSWORD=…, GITHUB_TOKEN=… assignment.
 _SECRET_FIELDS = re.compile(
     r"""(?ix)
-    (["']?[a-z0-9_\-]*(?:access_token|refresh_token|id_token|api[_-]?key|personal_access_token|
+    (["']?(?<![a-z0-9_\-])[a-z0-9_\-]{0,64}?(?:access_token|refresh_token|id_token|api[_-]?key|personal_access_token|
        secret(?:[_-]?access)?(?:[_-]?key)?|password|passwd|private[_-]?key|_token)["']?\s*[:=]\s*)
     (["']?)[^"'\s,}]{4,}\2
     """
