@@ -267,3 +267,15 @@ def test_a_requested_stop_shows_in_the_runtime_list(admin_client, tmux_socket, s
                            controller_action="stop-requested")  # fmt: skip
     page = admin_client.get(reverse("admin:runtimes_runtime_changelist")).content.decode()
     assert "stop requested" in page and runtime.handle in page
+
+
+@pytest.mark.django_db
+def test_a_worker_launched_before_sessions_were_marked_is_still_stopped_by_its_identity(tmux, tmux_socket):
+    pid = start_session(tmux, "cr-mc-26-old", "sleep", "600")  # no mark: launched by an older release
+    runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-26-old", pid=pid,
+                           pid_create_time=create_time_of(pid), runtime_class="tmux-live")  # fmt: skip
+    call_command("stop_worker", runtime.handle)
+    runtime.refresh_from_db()
+    assert (runtime.runtime_class, runtime.controller_action) == ("killed-by-controller", "kill")
+    assert "not marked as this runtime's launch: left alone" in runtime.class_message
+    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
