@@ -1,7 +1,7 @@
 """Usage limits read from the output: which texts and events are limits, and when they reset."""
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import call_command
@@ -133,12 +133,20 @@ def test_an_unreadable_reset_is_unknown_or_uses_the_host_zone(text):
 AT_0500 = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
 
 
+def started_before(runtime, moment):
+    """The run started before the pass's `now` (a start in the future would be clock skew)."""
+    earlier = moment - timedelta(minutes=5)
+    Runtime.objects.filter(pk=runtime.pk).update(started_at=earlier, class_changed_at=earlier)
+    runtime.refresh_from_db()
+    return runtime
+
+
 @pytest.mark.django_db
 def test_a_claude_session_limit_pauses_the_run_until_resets_at_with_a_ticket_note_and_no_banner(
     tmux, tmux_socket, fake_bin, tmp_path, settings
 ):
     settings.CONTROLROOM = {**settings.CONTROLROOM, "HOST_TIME_ZONE": "Europe/Lisbon"}
-    runtime = run_worker(tmux, tmux_socket, fake_bin, tmp_path, "claude-session-limit")
+    runtime = started_before(run_worker(tmux, tmux_socket, fake_bin, tmp_path, "claude-session-limit"), AT_0500)
     reconcile(now=AT_0500)
     runtime.refresh_from_db()
     assert (runtime.runtime_class, runtime.class_reason, runtime.exit_outcome) == ("usage-limited", "usage-limit", "")
@@ -162,7 +170,7 @@ def test_a_codex_usage_limit_resets_at_the_local_clock_time_of_the_worker_host(
     tmux, tmux_socket, fake_bin, tmp_path, settings
 ):
     settings.CONTROLROOM = {**settings.CONTROLROOM, "HOST_TIME_ZONE": "America/Los_Angeles"}
-    runtime = run_worker(tmux, tmux_socket, fake_bin, tmp_path, "gpt-limit", provider="codex")
+    runtime = started_before(run_worker(tmux, tmux_socket, fake_bin, tmp_path, "gpt-limit", provider="codex"), AT_0500)
     reconcile(now=AT_0500)  # 21:00 the evening before, in Los Angeles
     runtime.refresh_from_db()
     assert (runtime.runtime_class, runtime.agent_session_id) == ("usage-limited", "019a6c1e-th-1")
