@@ -179,15 +179,21 @@ def test_failures_today_count_runs_that_failed_since_midnight_once_each():
     assert board.failures_today(now) == 2
 
 
+def ended_run(at, cost):
+    """A run that ended at `at` as the ledger writer leaves it: ended_at and its ledger row."""
+    runtime = make_runtime(runtime_class=RuntimeClass.EXITED, ended_at=at, cost_usd=cost)
+    LivenessEvent.objects.create(runtime=runtime, to_class="exited", reason="completed", source="harvest", at=at)
+    return runtime
+
+
 def test_spend_today_sums_known_costs_of_runs_ended_today_and_is_unknown_without_any():
     now = timezone.now()
     assert board.spend_today(now) is None
-    make_runtime(runtime_class=RuntimeClass.EXITED, ended_at=now, cost_usd=None)
+    ended_run(now, None)
     assert board.spend_today(now) is None  # a run that reports no cost is unknown, not free
-    make_runtime(runtime_class=RuntimeClass.EXITED, ended_at=now, cost_usd=Decimal("1.25"))
-    make_runtime(runtime_class=RuntimeClass.EXITED, ended_at=now, cost_usd=Decimal("0.50"))
-    make_runtime(runtime_class=RuntimeClass.EXITED, ended_at=board.start_of_day(now) - timedelta(seconds=1),
-                 cost_usd=Decimal("9"))  # fmt: skip
+    ended_run(now, Decimal("1.25"))
+    ended_run(now, Decimal("0.50"))
+    ended_run(board.start_of_day(now) - timedelta(seconds=1), Decimal("9"))  # yesterday
     assert board.spend_today(now) == Decimal("1.75")
 
 
