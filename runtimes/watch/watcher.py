@@ -33,6 +33,7 @@ from datetime import timedelta
 import psutil
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from runtimes.models import LIVE_CLASSES, LivenessEvent, Runtime, RuntimeClass, WatcherHeartbeat
@@ -162,6 +163,10 @@ class Watcher:
             signal.signal(sig, self._on_signal)
         self.poller.register(receive.fileno(), select.POLLIN)
         self._bind_exit_socket()
+        # Load the URLconf now (notifications link to admin pages): the first pass after a death
+        # would otherwise pay for importing every view.
+        with contextlib.suppress(NoReverseMatch):
+            reverse("admin:index")
         now = time.monotonic()
         self.next_sync, self.next_resync, self.next_poll, self.next_beat = now, now, now, now
         self.synced_at = None
