@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -51,6 +50,8 @@ def _write_exit_file(log_path, returncode):
 def notify_exit(socket_path, log_path, returncode):
     """Tell the watcher listening on `socket_path` that the run logging to `log_path` ended.
     Never raises and never blocks: a missing or busy watcher is the schedule's business."""
+    import socket  # here, not at the top: the wrapper installs its signal handlers as early as it can
+
     record = {"output": os.path.abspath(log_path)}
     record.update({"exit_code": returncode} if returncode >= 0 else {"signal": -returncode})
     try:
