@@ -240,16 +240,14 @@ def _classify(facts, obs, now, policy):
         return Classification(UNKNOWN, "host-silent", obs.host_silent)
     if facts.controller_action == STOPPING:
         return _classify_stopping(facts, _classify_observed(facts, obs, now, policy))
-    skew = _clock_skew(facts, now, policy)
-    if skew:
-        return Classification(UNKNOWN, CLOCK_SKEW, skew)
     return _classify_observed(facts, obs, now, policy)
 
 
 def _clock_skew(facts, now, policy):
-    """A recorded time ahead of now (another host's clock, a bad import) would pin a class (a
-    launch "not seen yet" forever, a console active forever): say so instead. The runtime is
-    `unknown` (so it needs attention after the grace) until that time has passed, never forever."""
+    """Where a class depends on time elapsed since a recorded time (a launch not seen yet, a
+    console's last activity), that time ahead of now (another host's clock, a bad import) would pin
+    the class forever: say so instead. The runtime is `unknown` (so it needs attention after the
+    grace) until that time has passed. What a probe sees for certain (a pane alive or dead) wins."""
     for name, moment in (("started_at", facts.started_at), ("last_activity_at", facts.last_activity_at)):
         ahead = (moment - now).total_seconds() if moment else 0
         if ahead > policy.clock_skew_tolerance:
@@ -321,6 +319,9 @@ def _refine(base, facts, obs, now, policy):
 
 
 def _classify_websocket(facts, now, policy):
+    skew = _clock_skew(facts, now, policy)
+    if skew:
+        return Classification(UNKNOWN, CLOCK_SKEW, skew)
     last = facts.last_activity_at or facts.started_at
     idle_for = (now - last).total_seconds()
     if idle_for < policy.websocket_idle_after:
@@ -333,6 +334,9 @@ def _gone(facts, now, policy, missing_class, reason, message, certain=False):
     means the observation proves the worker ran and ended (a pid that is gone), so a pending
     runtime does not wait for its start deadline."""
     waited = (now - facts.started_at).total_seconds()
+    skew = _clock_skew(facts, now, policy) if facts.runtime_class == PENDING and not certain else ""
+    if skew:
+        return Classification(UNKNOWN, CLOCK_SKEW, skew)
     if facts.runtime_class == PENDING and not certain and waited < policy.start_timeout:
         return Classification(PENDING, "awaiting-start", f"not seen yet, {int(waited)}s after launch")
     if not facts.ticket_expects_worker:

@@ -126,8 +126,9 @@ def test_a_launch_time_in_the_future_is_clock_skew_until_that_time_has_passed():
 
 
 def test_unknown_from_clock_skew_needs_attention_after_the_grace():
-    skewed = facts(runtime_class=lv.UNKNOWN, started_at=NOW + timedelta(days=1), class_changed_at=NOW)
-    result = lv.classify(skewed, lv.Observation(pane=pane()), NOW + timedelta(seconds=POLICY.unknown_grace), POLICY)
+    skewed = facts(kind="websocket", runtime_class=lv.UNKNOWN, last_activity_at=NOW + timedelta(days=1),
+                   class_changed_at=NOW)  # fmt: skip
+    result = lv.classify(skewed, lv.Observation(), NOW + timedelta(seconds=POLICY.unknown_grace), POLICY)
     assert (result.runtime_class, result.needs_attention) == (lv.UNKNOWN, True)
 
 
@@ -135,6 +136,13 @@ def test_a_console_activity_time_in_the_future_does_not_keep_it_active_forever()
     console = facts(kind="websocket", runtime_class=lv.WEBSOCKET_ACTIVE, last_activity_at=NOW + timedelta(days=365))
     result = lv.classify(console, lv.Observation(), NOW, POLICY)
     assert (result.runtime_class, result.reason) == (lv.UNKNOWN, lv.CLOCK_SKEW)
+
+
+def test_what_a_probe_sees_for_certain_wins_over_a_recorded_time_in_the_future():
+    ahead = facts(runtime_class=lv.PENDING, started_at=NOW + timedelta(hours=1))
+    assert lv.classify(ahead, lv.Observation(pane=pane()), NOW, POLICY).runtime_class == lv.TMUX_LIVE
+    dead = lv.classify(ahead, lv.Observation(pane=pane(dead=True, dead_status=0)), NOW, POLICY)
+    assert dead.runtime_class == lv.EXITED
 
 
 def test_a_small_skew_between_hosts_changes_nothing():
