@@ -17,7 +17,7 @@ class Command(BaseCommand):
         users = get_user_model()
         if users.objects.filter(username=username).exists():
             self.stdout.write(
-                f"{username} (created earlier; a new password: .venv/bin/python manage.py changepassword {username})"
+                f"{username} (created earlier; a new password: DEBUG=1 .venv/bin/python manage.py changepassword {username})"
             )
             return
         password = secrets.token_urlsafe(12)
