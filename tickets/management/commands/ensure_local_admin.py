@@ -17,7 +17,8 @@ class Command(BaseCommand):
         users = get_user_model()
         if users.objects.filter(username=username).exists():
             self.stdout.write(
-                f"{username} (created earlier; a new password: DEBUG=1 .venv/bin/python manage.py changepassword {username})"
+                f"{username} (created earlier; a new password: "
+                f"DEBUG=1 .venv/bin/python manage.py changepassword {username})"
             )
             return
         password = secrets.token_urlsafe(12)
