@@ -3,23 +3,14 @@
 from datetime import UTC, datetime, timedelta
 
 from runtimes import liveness as lv
+from tests.test_liveness import facts as base_facts
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 POLICY = lv.Policy(idle_prompt_grace=600, stall_after=900, usage_limit_grace=600, usage_limit_pause=3600)
 
 
 def facts(**overrides):
-    fields = {
-        "kind": "tmux",
-        "runtime_class": lv.TMUX_LIVE,
-        "controller_action": "none",
-        "ticket_expects_worker": True,
-        "started_at": NOW - timedelta(hours=1),
-        "class_changed_at": NOW - timedelta(minutes=30),
-        "class_reason": "pane-alive",
-    }
-    fields.update(overrides)
-    return lv.RuntimeFacts(**fields)
+    return base_facts(**{"class_reason": "pane-alive", **overrides})
 
 
 def alive_pane(activity_ago=10):
