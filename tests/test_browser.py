@@ -93,7 +93,7 @@ def worker(tmux, tmux_socket):
     """A real worker in a tmux pane that prints a line and waits, reconciled to tmux-live."""
     ticket = make_ticket(title="Fix the flaky importer")
     session = f"cr-{ticket.key.lower()}-a1"
-    script = f"print('worker on {ticket.key} says hello', flush=True); import time; time.sleep(600)"
+    script = f"print('worker on {ticket.key} says hello', flush=True); import signal; signal.pause()"
     pid = start_session(tmux, session, sys.executable, "-c", script, mark=f"mark-{ticket.key}")
     runtime = make_runtime(
         ticket=ticket, host=settings.CONTROLROOM_HOST, handle=f"tmux:{session}", tmux_socket=tmux_socket,

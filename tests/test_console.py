@@ -209,7 +209,7 @@ def test_the_runtime_page_shows_turns_tokens_and_cost_where_known(client):
 
 
 def test_the_output_tail_of_a_live_pane_comes_from_capture_pane_redacted(tmux, tmux_socket):
-    script = "print('hello from the worker'); print('key sk-abcdefghijklmnopqrstuv'); import time; time.sleep(60)"
+    script = "print('hello from the worker'); print('key sk-abcdefghijklmnopqrstuv'); import signal; signal.pause()"
     start_session(tmux, "cr-mc-7-aa", sys.executable, "-u", "-c", script)
     runtime = make_runtime(tmux_socket=tmux_socket, tmux_target="cr-mc-7-aa", runtime_class=RuntimeClass.TMUX_LIVE)
 
@@ -220,7 +220,7 @@ def test_the_output_tail_of_a_live_pane_comes_from_capture_pane_redacted(tmux, t
 
 
 def test_capture_pane_is_bounded_to_the_lines_asked(tmux, tmux_socket):
-    script = "import time; print('\\n'.join(map(str, range(500)))); time.sleep(60)"
+    script = "import signal; print('\\n'.join(map(str, range(500)))); signal.pause()"
     start_session(tmux, "cr-mc-8-bb", sys.executable, "-u", "-c", script)
     assert wait_for(lambda: "499" in tmux_probe.capture_pane(tmux_socket, "cr-mc-8-bb", 5))
     lines = tmux_probe.capture_pane(tmux_socket, "cr-mc-8-bb", 5).split("\n")
