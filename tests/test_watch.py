@@ -313,3 +313,11 @@ def test_reaped_status_reads_a_dead_panes_exit_status_and_says_nothing_of_a_live
     assert wait_for(lambda: tmux_probe.reaped_status(tmux_socket, "w-dead") == (3, None))
     assert tmux_probe.reaped_status(tmux_socket, "w-alive") is None
     assert tmux_probe.reaped_status(tmux_socket, "no-such-session") is None
+
+
+def test_reaped_status_reads_a_killed_panes_signal_not_an_exit_status(tmux, tmux_socket):
+    # tmux prints "\t9" (no status, signal 9): the signal must not slide into the status column.
+    pid = start_session(tmux, "w-killed", "sleep", "600")
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: tmux_probe.reaped_status(tmux_socket, "w-killed") is not None)
+    assert tmux_probe.reaped_status(tmux_socket, "w-killed") == (None, 9)

@@ -132,7 +132,7 @@ def reaped_status(socket, pane_id, **options):
         return None
     if done.returncode != 0:
         return None
-    status, _, signal = done.stdout.strip().partition("\t")
+    status, _, signal = done.stdout.rstrip("\n").partition("\t")  # not strip(): "\t9" is signal 9
     status, signal = _int_or_none(status), _int_or_none(signal)
     return None if status is None and signal is None else (status, signal)
 
