@@ -36,13 +36,20 @@ class Cluster:
         )  # fmt: skip
 
     def stop(self, timeout=30):
+        # SIGTERM to the cluster's main process only, as an init system sends it: django-q2's
+        # sentinel keeps SIGTERM's default action, and killed by a group signal while it waits on
+        # the stop event it leaves that event's lock held, so the main process's stop hangs.
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.terminate()
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.kill()
                 self.process.wait()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever child outlived it
+        except ProcessLookupError:
+            pass
         self.log.close()
 
 
