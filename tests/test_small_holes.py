@@ -208,11 +208,11 @@ def test_hung_tmux_servers_are_probed_at_once_under_one_bound(hung_servers, tmux
     hung = hung_servers(3)
     result = {}
     prober = threading.Thread(
-        target=lambda: result.update(tmux_probe.snapshot([*hung, tmux_socket], tmux_bin="tmux", timeout=20))
+        target=lambda: result.update(tmux_probe.snapshot([*hung, tmux_socket], tmux_bin="tmux", timeout=6))
     )
     prober.start()
     # All three hung servers are being asked at the same time, not one after another.
-    assert wait_for(lambda: probing_clients(hung) == set(hung), timeout=15)
+    assert wait_for(lambda: probing_clients(hung) == set(hung), timeout=5)
     prober.join()
     for name in hung:
         assert "timed out after" in result[name].error
