@@ -1,5 +1,6 @@
 """Gather one observation of a set of runtimes: one tmux call per socket, one identity check per pid."""
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,24 @@ def facts_of(runtime):
         progress_at=runtime.progress_at,
         resumes_at=runtime.resumes_at,
     )
+
+
+def stored_attention(row, expects_worker, now, policy=None):
+    """Whether a stored runtime needs attention now: the classifier's rule (liveness.needs_attention)
+    applied to a row's runtime_class, class_reason, class_changed_at, exit_outcome and resumes_at
+    (a mapping), no query. Runtime.needs_attention_q is the same rule in SQL; a test holds them equal."""
+    changed_at = row["class_changed_at"]
+    seconds = (now - changed_at).total_seconds() if changed_at else -math.inf
+    return liveness.needs_attention(
+        row["runtime_class"], row["exit_outcome"], expects_worker, seconds, policy or policy_from_settings(),
+        reason=row["class_reason"], resumes_at=row["resumes_at"], now=now,
+    )  # fmt: skip
+
+
+def attention_of(runtime, now):
+    """stored_attention for a loaded Runtime (its ticket loaded or fetched)."""
+    fields = ("runtime_class", "class_reason", "class_changed_at", "exit_outcome", "resumes_at")
+    return stored_attention({name: getattr(runtime, name) for name in fields}, runtime.ticket.expects_worker, now)
 
 
 @dataclass

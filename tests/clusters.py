@@ -1,6 +1,7 @@
 """Run real `manage.py` processes (qcluster, migrate) against a database of their own."""
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -46,10 +47,8 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # whatever child outlived it
-        except ProcessLookupError:
-            pass
         self.log.close()
 
 

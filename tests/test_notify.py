@@ -1,6 +1,7 @@
 """Notifications end to end on the sync path: real tmux, the real ledger, Apprise posting to a real
 local `json://` receiver (an http.server in a thread), and a closed port as a dead channel."""
 
+import itertools
 import json
 from datetime import timedelta
 
@@ -9,12 +10,13 @@ import time_machine
 from django.utils import timezone
 
 from runtimes import ledger
-from runtimes.models import AttentionEpisode, Delivery, LivenessEvent, NotificationChannel, RuntimeClass
+from runtimes.models import AttentionEpisode, Delivery, LivenessEvent, NotificationChannel, Runtime, RuntimeClass
 from runtimes.notify import service
 from runtimes.reconcile import reconcile
 from runtimes.runs import controller
 from tests.conftest import make_runtime, make_ticket, start_session, wait_for
 from tests.notify_helpers import closed_port, notify_settings
+from tickets.models import Ticket
 
 pytestmark = pytest.mark.django_db
 
@@ -254,3 +256,36 @@ def test_secrets_in_a_dead_channel_url_never_reach_errors_logs_or_the_ledger(syn
     assert "Connection error" in text
     for secret in ("Sup3rS3cretPassw0rd", "0123456789", "Q9Q9Q9Q9"):
         assert secret not in text
+
+
+def test_the_python_attention_rule_agrees_with_the_sql_one_on_every_kind_of_row():
+    """The notification step and the API judge attention in Python (observe.stored_attention); the
+    admin, the console and the pass filter with Runtime.needs_attention_q. Both on one grid."""
+    now = timezone.now()
+    grid = itertools.product(
+        RuntimeClass.values,
+        ("", "permission-prompt", "elicitation-dialog", "idle-prompt"),
+        ("", "failed", "completed"),
+        (timedelta(0), timedelta(seconds=299), timedelta(seconds=301), timedelta(hours=2)),  # time in class
+        (None, timedelta(minutes=-11), timedelta(minutes=-9), timedelta(minutes=5)),  # resumes_at - now
+    )
+    tickets = [
+        make_ticket(state=Ticket.State.IN_PROGRESS),
+        make_ticket(state=Ticket.State.REVIEW),
+        make_ticket(state=Ticket.State.WAITING),
+        make_ticket(state=Ticket.State.IN_PROGRESS, kind=Ticket.Kind.UMBRELLA),
+    ]
+    rows = [
+        Runtime(
+            ticket=tickets[i % len(tickets)], kind=Runtime.Kind.TMUX, handle=f"tmux:grid-{i}",
+            tmux_target=f"grid-{i}", host="test-host",
+            runtime_class=runtime_class, class_reason=reason, exit_outcome=outcome, class_changed_at=now - age,
+            resumes_at=None if resumes is None else now + resumes,
+        )
+        for i, (runtime_class, reason, outcome, age, resumes) in enumerate(grid)
+    ]  # fmt: skip
+    ids = [runtime.pk for runtime in Runtime.objects.bulk_create(rows)]
+    by_sql = set(Runtime.objects.needs_attention(now).values_list("pk", flat=True))
+    by_python = {pk for pk, row in service.attention_rows(ids, now).items() if row["attention"]}
+    assert by_python == by_sql
+    assert 0 < len(by_sql) < len(ids)

@@ -14,6 +14,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.responses import Status
 from ninja.security import HttpBearer
 
+from runtimes import observe
 from runtimes.intake import hooks, reports, tokens
 from runtimes.intake.activity import ActivityError, record_activity
 from runtimes.models import ApiToken, LivenessEvent, Runtime, RuntimeClass
@@ -169,7 +170,7 @@ def _json_body(request):
 
 def _report_response(result, status=200):
     runtime = result.runtime
-    attention = _with_attention(Runtime.objects.filter(pk=runtime.pk)).values_list("attention", flat=True).first()
+    attention = observe.attention_of(runtime, timezone.now())  # the runtime as just written, no query
     return Status(
         status,
         {

@@ -10,10 +10,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import BooleanField, ExpressionWrapper, F, OuterRef, Q, Subquery
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
+from runtimes import observe
 from runtimes.models import FINAL_CLASSES, Reason, Runtime, RuntimeClass
 from runtimes.notify import episodes
 from runtimes.notify.models import AttentionEpisode, Delivery, NotificationChannel
@@ -64,20 +65,32 @@ def url_for(channel_key):
 # --- reading the attention state ------------------------------------------------------------------
 
 
-def _annotated(runtimes, now):
-    open_episode = AttentionEpisode.objects.filter(runtime=OuterRef("pk")).exclude(state=AttentionEpisode.State.CLOSED)
-    settled = Q(runtime_class__in=FINAL_CLASSES) | ~Ticket.expects_worker_q(prefix="ticket__")
-    return (
-        runtimes.annotate(
-            attention=ExpressionWrapper(Runtime.needs_attention_q(now), output_field=BooleanField()),
-            settled=ExpressionWrapper(settled, output_field=BooleanField()),
-            episode_id=Subquery(open_episode.values("pk")[:1]),
-            episode_state=Subquery(open_episode.values("state")[:1]),
-            episode_closed_at=Subquery(open_episode.values("closed_at")[:1]),
-        )
-        .values("pk", "attention", "settled", "episode_id", "episode_state", "episode_closed_at", *RUNTIME_FIELDS)
-        .order_by()
+ROW_FIELDS = (
+    "pk", "exit_outcome", "resumes_at", "ticket__state", "ticket__kind", *RUNTIME_FIELDS,
+)  # fmt: skip
+
+
+def attention_rows(runtime_ids, now):
+    """The attention state of these runtimes, by id: their fields, whether they need attention and
+    are settled, and their unfinished episode. Two plain indexed queries; the attention rule is the
+    classifier's (runtimes.observe.stored_attention, which a test holds equal to
+    Runtime.needs_attention_q), so no per-call SQL of that rule is compiled."""
+    if not runtime_ids:
+        return {}
+    rows = {row["pk"]: row for row in Runtime.objects.filter(pk__in=runtime_ids).values(*ROW_FIELDS).order_by()}
+    unfinished = (
+        AttentionEpisode.objects.filter(runtime_id__in=list(rows))
+        .exclude(state=AttentionEpisode.State.CLOSED)
+        .values_list("runtime_id", "pk", "state", "closed_at")
     )
+    episodes_of = {runtime_id: episode for runtime_id, *episode in unfinished}
+    policy = observe.policy_from_settings()
+    for pk, row in rows.items():
+        expects_worker = row["ticket__state"] in Ticket.WORKING_STATES and row["ticket__kind"] != Ticket.Kind.UMBRELLA
+        row["attention"] = observe.stored_attention(row, expects_worker, now, policy)
+        row["settled"] = row["runtime_class"] in FINAL_CLASSES or not expects_worker
+        row["episode_id"], row["episode_state"], row["episode_closed_at"] = episodes_of.get(pk, (None, None, None))
+    return rows
 
 
 def _subject(row):
@@ -93,17 +106,15 @@ def _subject(row):
 
 def rows_for_pass(now):
     """Runtimes whose episode may change by time passing or by their ticket: unsettled runtimes
-    that need attention, and every runtime with an unfinished episode (two queries, both on
-    partial indexes)."""
+    that need attention, and every runtime with an unfinished episode (one UNION of two selects,
+    both on partial indexes), then their attention_rows (none when there are none)."""
     unfinished = AttentionEpisode.objects.exclude(state=AttentionEpisode.State.CLOSED).values("runtime_id")
     # Unsettled runtimes by a positive class list inside a subquery: the database walks the class
     # index over unsettled classes only, never the settled history the attention rule also names.
     unsettled = Runtime.objects.filter(runtime_class__in=UNSETTLED_CLASSES).values("pk")
-    entering = _annotated(Runtime.objects.filter(pk__in=unsettled).filter(Runtime.needs_attention_q(now)), now)
-    ongoing = _annotated(Runtime.objects.filter(pk__in=unfinished), now)
-    rows = {row["pk"]: row for row in entering}
-    rows.update((row["pk"], row) for row in ongoing)
-    return rows
+    entering = Runtime.objects.filter(pk__in=unsettled).filter(Runtime.needs_attention_q(now))
+    ids = entering.values_list("pk").order_by().union(unfinished.values_list("runtime_id").order_by())
+    return attention_rows([pk for (pk,) in ids], now)
 
 
 # --- writing episodes -----------------------------------------------------------------------------
@@ -349,8 +360,7 @@ def after_pass(now):
 def after_transitions(runtime_ids, now):
     """Called once the ledger has committed transitions: their episodes open or close at once."""
     try:
-        rows = {row["pk"]: row for row in _annotated(Runtime.objects.filter(pk__in=runtime_ids), now)}
-        evaluate(rows, now)
+        evaluate(attention_rows(runtime_ids, now), now)
     except Exception:
         logger.exception("notification step after transitions failed; the next pass tries again")
 
