@@ -144,11 +144,16 @@ def _update_rows(accepted):
         extra = tuple(sorted(name for name in t.updates if name not in RUNTIME_FIELDS))
         groups.setdefault(extra, []).append(t.runtime)
     for extra, rows in groups.items():
-        fields = (*RUNTIME_FIELDS, *extra)
-        if len(rows) == 1:  # one report or one stop: a plain UPDATE, without bulk_update's CASE per field
-            Runtime.objects.filter(pk=rows[0].pk).update(**{name: getattr(rows[0], name) for name in fields})
-        else:
-            Runtime.objects.bulk_update(rows, fields, batch_size=500)
+        write_rows(rows, (*RUNTIME_FIELDS, *extra))
+
+
+def write_rows(rows, fields):
+    """Save these fields of these runtimes: one plain UPDATE for one row (a report, a stop; no
+    bulk_update CASE per field), bulk_update for more."""
+    if len(rows) == 1:
+        Runtime.objects.filter(pk=rows[0].pk).update(**{name: getattr(rows[0], name) for name in fields})
+    else:
+        Runtime.objects.bulk_update(rows, fields, batch_size=500)
 
 
 def _after_pauses(runtime_ids):

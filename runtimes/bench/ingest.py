@@ -1,15 +1,17 @@
 """The ingest benchmark: a program, not a test. Ratios are measured against a baseline in the same run.
 
 On a throwaway database (Django's test-database machinery) it starts Control Room as one server
-process (`manage.py runserver --noreload`, DEBUG off) and posts Claude hook reports to
-/api/v1/runtimes/{id}/claude-hook one after another, each one a class change (a permission prompt,
-then a sign of work, round-robin over the runtimes), so each report is one committed ledger row.
-It measures reports per second sustained, and the latency from sending the POST to its answer
-(which comes after the ledger row is committed), p50 and p99; then checks nothing was lost (one
-ledger row per report). The baseline is the same reports applied in-process through the same
-service (runtimes.intake.reports.record_signal), without HTTP, and the same again with the
-notification step after each commit (runtimes.notify.service.after_transitions) left out, to show
-its share.
+process — gunicorn, one worker process with `--threads` threads (the production server the README
+names), DEBUG off, persistent database connections — and posts Claude hook reports to
+/api/v1/runtimes/{id}/claude-hook, each one a class change (a permission prompt, then a sign of
+work, for each runtime in turn), so each report is one committed ledger row. Two runs: one client
+sending one report after another, then `--clients` clients at once, each over its own keep-alive
+connection and its own share of the runtimes (so each runtime's reports stay in order). It
+measures reports per second sustained and the latency from sending the POST to its answer (which
+comes after the ledger row is committed), p50 and p99; then checks nothing was lost (one ledger
+row per report). The baseline is the same reports applied in-process, one at a time, through the
+same service (runtimes.intake.reports.record_signal), without HTTP, with and without the
+notification step after each commit (runtimes.notify.service.after_transitions).
 """
 
 import http.client
@@ -18,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from unittest import mock
@@ -68,14 +71,15 @@ def database_url():
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-def start_server(port):
+def start_server(port, threads):
     env = {
         **os.environ, "DATABASE_URL": database_url(), "DEBUG": "0", "SECRET_KEY": os.urandom(24).hex(),
         "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0", "CONTROLROOM_HOST": "bench-server",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "WARNING", "CONN_MAX_AGE": "60",
     }  # fmt: skip
     server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", "--noreload", "--skip-checks", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "gunicorn", "controlroom.wsgi", "--workers", "1", "--worker-class", "gthread",
+         "--threads", str(threads), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 60
@@ -91,15 +95,28 @@ def start_server(port):
     raise RuntimeError("the benchmark server did not answer within 60 s")
 
 
-def post(port, path, token, body):
-    connection_ = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    started = time.perf_counter()
-    connection_.request("POST", path, body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    response = connection_.getresponse()
-    answer = response.read()
-    elapsed = time.perf_counter() - started
-    connection_.close()
-    return response.status, json.loads(answer), elapsed
+class Client:
+    """One keep-alive connection sending reports for its own runtimes, one after another."""
+
+    def __init__(self, port, token, runtimes):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.runtimes = runtimes
+        self.latencies, self.failures, self.changed = [], 0, 0
+
+    def send(self, count):
+        for i in range(count):
+            runtime = self.runtimes[i % len(self.runtimes)]
+            body = json.dumps(hook_input(i // len(self.runtimes)))
+            started = time.perf_counter()
+            self.connection.request("POST", f"/api/v1/runtimes/{runtime.pk}/claude-hook", body, self.headers)
+            response = self.connection.getresponse()
+            answer = response.read()
+            self.latencies.append(time.perf_counter() - started)
+            ok = response.status == 200
+            self.failures += not ok
+            self.changed += bool(ok and json.loads(answer).get("changed"))
+        self.connection.close()
 
 
 def percentile(samples, fraction):
@@ -107,20 +124,25 @@ def percentile(samples, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def measure_http(port, runtimes, token, count):
-    latencies, failures, changed = [], 0, 0
+def measure_http(port, runtimes, token, count, clients):
+    """`count` reports from `clients` concurrent clients, each with an equal share of the runtimes
+    (each runtime's reports in order, an even number per runtime so every runtime ends live)."""
+    shares = [runtimes[c::clients] for c in range(clients)]
+    per_client = [2 * len(share) * max(1, round(count / clients / (2 * len(share)))) for share in shares]
+    workers = [Client(port, token, share) for share in shares]
+    threads = [threading.Thread(target=w.send, args=(n,)) for w, n in zip(workers, per_client, strict=True)]
     started = time.perf_counter()
-    for i in range(count):
-        runtime = runtimes[i % len(runtimes)]
-        body = json.dumps(hook_input(i // len(runtimes)))
-        status, answer, elapsed = post(port, f"/api/v1/runtimes/{runtime.pk}/claude-hook", token, body)
-        latencies.append(elapsed)
-        failures += status != 200
-        changed += bool(status == 200 and answer.get("changed"))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     total = time.perf_counter() - started
-    return {"reports": count, "seconds": total, "per_second": count / total, "failures": failures,
-            "changed": changed, "p50_ms": statistics.median(latencies) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000, "max_ms": max(latencies) * 1000}  # fmt: skip
+    latencies = [latency for w in workers for latency in w.latencies]
+    sent = sum(per_client)
+    return {"clients": clients, "reports": sent, "seconds": total, "per_second": sent / total,
+            "failures": sum(w.failures for w in workers), "changed": sum(w.changed for w in workers),
+            "p50_ms": statistics.median(latencies) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+            "max_ms": max(latencies) * 1000}  # fmt: skip
 
 
 def measure_direct(runtimes, count):
@@ -133,7 +155,7 @@ def measure_direct(runtimes, count):
     return {"reports": count, "seconds": total, "per_second": count / total}
 
 
-def run(count, runtime_count, port, stdout=sys.stdout):
+def run(count, runtime_count, port, clients=16, threads=16, stdout=sys.stdout):
     old_name = connection.settings_dict["NAME"]
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     try:
@@ -146,38 +168,48 @@ def run(count, runtime_count, port, stdout=sys.stdout):
             without_notify = measure_direct(quiet_runtimes, count)
         http_runtimes = make_runtimes(runtime_count, "2")
         _, token = tokens.mint("bench", host=HOST)
-        server = start_server(port)
+        server = start_server(port, threads)
         try:
-            measure_http(port, http_runtimes, token, 2 * runtime_count)  # warm-up: every runtime back to live
-            before = LivenessEvent.objects.filter(runtime__in=http_runtimes).count()
-            stdout.write(f"{connection.vendor}: {count} reports over HTTP…\n")
-            over_http = measure_http(port, http_runtimes, token, count)
+            measure_http(port, http_runtimes, token, 2 * runtime_count, clients)  # warm-up: every runtime live again
+            runs = []
+            for concurrent in (1, clients):
+                before = LivenessEvent.objects.filter(runtime__in=http_runtimes).count()
+                stdout.write(f"{connection.vendor}: {count} reports over HTTP from {concurrent} client(s)…\n")
+                figures = measure_http(port, http_runtimes, token, count, concurrent)
+                rows = LivenessEvent.objects.filter(runtime__in=http_runtimes).count() - before
+                runs.append({**figures, "ledger_rows": rows, "lost": figures["reports"] - rows})
         finally:
             server.terminate()
             server.wait(timeout=30)
-        rows = LivenessEvent.objects.filter(runtime__in=http_runtimes, source="hook").count() - before
         return {
             "database": connection.vendor,
             "runtimes": runtime_count,
-            "http": over_http,
+            "server_threads": threads,
+            "http": runs,
             "direct": direct,
             "direct_without_notifications": without_notify,
-            "ledger_rows": rows,
-            "lost": count - rows,
-            "http_vs_direct": over_http["per_second"] / direct["per_second"],
+            "lost": sum(r["lost"] for r in runs),
+            "failures": sum(r["failures"] for r in runs),
         }
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
 
 
 def report(figures):
-    h, d = figures["http"], figures["direct"]
-    return (
-        "| database | reports | reports/s (HTTP) | p50 ms | p99 ms | max ms | failures | ledger rows | lost "
-        "| reports/s in-process | HTTP / in-process | in-process without notifications |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        f"| {figures['database']} | {h['reports']} | {h['per_second']:.0f} | {h['p50_ms']:.1f} | {h['p99_ms']:.1f} "
-        f"| {h['max_ms']:.1f} | {h['failures']} | {figures['ledger_rows']} | {figures['lost']} "
-        f"| {d['per_second']:.0f} | {figures['http_vs_direct']:.2f} "
-        f"| {figures['direct_without_notifications']['per_second']:.0f} |"
+    d, quiet = figures["direct"], figures["direct_without_notifications"]
+    lines = [
+        "| database | clients | reports | reports/s (HTTP) | p50 ms | p99 ms | max ms | failures | ledger rows "
+        "| lost | × in-process |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for h in figures["http"]:
+        lines.append(
+            f"| {figures['database']} | {h['clients']} | {h['reports']} | {h['per_second']:.0f} | {h['p50_ms']:.1f} "
+            f"| {h['p99_ms']:.1f} | {h['max_ms']:.1f} | {h['failures']} | {h['ledger_rows']} | {h['lost']} "
+            f"| {h['per_second'] / d['per_second']:.2f} |"
+        )
+    lines.append(
+        f"In-process baseline, one report at a time: {d['per_second']:.0f} reports/s "
+        f"({quiet['per_second']:.0f} without the notification step)."
     )
+    return "\n".join(lines)

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from runtimes import ledger, liveness, observe
+from runtimes.intake import batch
 from runtimes.models import (
     FINAL_CLASSES,
     MISSING_CLASSES,
@@ -73,40 +73,85 @@ def _report_changes(runtime, signal, now):
     return updates
 
 
+@dataclass
+class Report:
+    """One read report, waiting for its batch."""
+
+    runtime: Runtime
+    signal: object  # runtimes.intake.hooks.Signal
+    source: str
+    now: object  # datetime: when it arrived
+
+
 def record_signal(runtime, signal, source, now=None):
     """Take one read report (runtimes.intake.hooks.Signal) from `runtime`'s worker.
 
     Stores the report (forward only: an older report never overwrites a newer one), classifies
-    the runtime with it, and ledgers a change of class (or of waiting reason). A report that ends
-    the turn or session also lets this host probe the worker at once, so a run that is over is
-    harvested without waiting for the next pass. Repeating a report changes nothing."""
-    now = now or timezone.now()
-    result = Result(runtime)
-    if signal.reason is not None:
-        updates = _report_changes(runtime, signal, now)
-        newer = Q(reported_at__isnull=True) | Q(reported_at__lte=now)
-        if Runtime.objects.filter(pk=runtime.pk).filter(newer).update(**updates):
-            for name, value in updates.items():
-                setattr(runtime, name, value)
-            report = liveness.Report(signal.reason, now, runtime.resumes_at)
-            observation = liveness.Observation(report=report, probed=False)
-            result.transitions += _apply(runtime, observation, now, source, signal.observed)
+    the runtime with it, and ledgers a change of class (or of waiting reason), in a batch with
+    the reports other threads are sending at the same moment (runtimes.intake.batch). A report
+    that ends the turn or session also lets this host probe the worker at once, so a run that is
+    over is harvested without waiting for the next pass. Repeating a report changes nothing.
+    The Result holds the runtime as written."""
+    report = Report(runtime, signal, source, now or timezone.now())
+    result = REPORTS.submit(report)
     if signal.ends_run:
-        result.transitions += harvest_if_over(runtime, now, source)
+        result.transitions += harvest_if_over(result.runtime, report.now, source)
     result.changed = bool(result.transitions)
     return result
 
 
-def _apply(runtime, observation, now, source, observed):
+def record_reports(reports):
+    """Record reports of distinct runtimes in one transaction: read their rows under lock (so each
+    is classified from its state as of now), store the reports, and ledger every change in one
+    ledger.apply. Returns one Result per report, in order (an IntakeError for a runtime that is
+    gone)."""
+    now = max(report.now for report in reports)
+    results, stored, transitions = [], {}, []
+    with transaction.atomic():
+        rows = Runtime.objects.select_related("ticket").filter(pk__in=[report.runtime.pk for report in reports])
+        if connection.features.has_select_for_update:
+            rows = rows.select_for_update(of=("self",))
+        fresh = {runtime.pk: runtime for runtime in rows}
+        for report in reports:
+            runtime = fresh.get(report.runtime.pk)
+            if runtime is None:
+                results.append(IntakeError(f"runtime {report.runtime.pk} no longer exists", status=404))
+                continue
+            results.append(Result(runtime))
+            signal = report.signal
+            if signal.reason is None or (runtime.reported_at is not None and runtime.reported_at > report.now):
+                continue
+            updates = _report_changes(runtime, signal, report.now)
+            for name, value in updates.items():
+                setattr(runtime, name, value)
+            stored.setdefault(tuple(updates), []).append(runtime)
+            observation = liveness.Observation(
+                report=liveness.Report(signal.reason, report.now, runtime.resumes_at), probed=False
+            )
+            transition = _transition(runtime, observation, report.now, report.source, signal.observed)
+            if transition is not None:
+                transitions.append((results[-1], transition))
+        for fields, runtimes in stored.items():
+            ledger.write_rows(runtimes, fields)
+        written = {id(t) for t in ledger.apply([t for _, t in transitions], now, settings.CONTROLROOM_HOST)}
+    for result, transition in transitions:
+        if id(transition) in written:
+            result.transitions.append(transition)
+    return results
+
+
+# One group commit per process: reports arriving together are written in one transaction.
+REPORTS = batch.GroupCommit(record_reports, key=lambda report: report.runtime.pk)
+
+
+def _transition(runtime, observation, now, source, observed):
+    """The ledger transition a report makes, or None when the class (and waiting reason) hold."""
     verdict = liveness.classify(observe.facts_of(runtime), observation, now, _policy())
     same_class = verdict.runtime_class == runtime.runtime_class
     reason_moved = verdict.runtime_class in SELF_REPORTED_CLASSES and verdict.reason != runtime.class_reason
     if same_class and not reason_moved:
-        return []
-    transition = ledger.Transition(
-        runtime, verdict.runtime_class, verdict.reason, verdict.message, source, bounded(observed)
-    )
-    return ledger.apply([transition], now, settings.CONTROLROOM_HOST)
+        return None
+    return ledger.Transition(runtime, verdict.runtime_class, verdict.reason, verdict.message, source, bounded(observed))
 
 
 def harvest_if_over(runtime, now, source):

@@ -1,0 +1,105 @@
+"""Group commit for reports: many request threads, one transaction at a time.
+
+A report's cost is mostly its transaction (lock, read, write the row, append the ledger row,
+commit), not its parsing. When reports arrive together, the first thread to arrive becomes the
+leader: it takes every waiting report (at most one per runtime, so each runtime's reports stay in
+order) and writes them in one transaction through `run_batch`, on its own database connection,
+while the others wait. Once its own report is written it hands the lead to a waiting thread, so no
+request waits behind more than a batch or two. A thread that arrives alone is its own batch of one:
+the single-threaded path (a test, a command) is the same code.
+
+Nothing is written by a thread other than a request's, and nothing outlives the requests: a
+report is answered only after its batch committed (or with the error that batch failed with).
+"""
+
+import threading
+from dataclasses import dataclass, field
+
+
+class BatchTimeout(Exception):
+    """A report waited longer than the limit for its batch."""
+
+
+@dataclass(eq=False)
+class _Waiting:
+    item: object
+    key: object
+    wake: threading.Event = field(default_factory=threading.Event)  # written, or handed the lead
+    written: bool = False
+    result: object = None
+    error: BaseException | None = None
+
+    def outcome(self):
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class GroupCommit:
+    """`submit(item)` returns `run_batch([...])`'s result for `item`, or raises its error.
+
+    `run_batch(items)` gets items of distinct `key(item)` and returns one result per item, in
+    order; a result that is an exception is raised in that item's thread. If `run_batch` raises,
+    every item of the batch gets that error."""
+
+    def __init__(self, run_batch, key, limit=200, wait=30.0):
+        self.run_batch = run_batch
+        self.key = key
+        self.limit = limit
+        self.wait = wait
+        self._lock = threading.Lock()
+        self._queue = []
+        self._leading = False
+
+    def submit(self, item):
+        me = _Waiting(item, self.key(item))
+        with self._lock:
+            self._queue.append(me)
+            follower = self._leading
+            self._leading = True
+        if follower and not me.wake.wait(self.wait):
+            with self._lock:
+                if me in self._queue and not me.wake.is_set():  # never taken: leave, and say so
+                    self._queue.remove(me)
+                    raise BatchTimeout(f"the report waited more than {self.wait:.0f} s for its batch")
+            me.wake.wait()  # taken meanwhile: its batch is being written
+        if not me.written:  # the lead is ours: write batches until our own report is written
+            self._lead_until_written(me)
+        return me.outcome()
+
+    def _take(self):
+        """The next batch: waiting reports in arrival order, one per key, at most `limit`."""
+        batch, keys = [], set()
+        for waiting in self._queue:
+            if waiting.key not in keys and len(batch) < self.limit:
+                batch.append(waiting)
+                keys.add(waiting.key)
+        self._queue = [waiting for waiting in self._queue if waiting not in batch]
+        return batch
+
+    def _lead_until_written(self, me):
+        try:
+            while not me.written:
+                with self._lock:
+                    batch = self._take()
+                self._write(batch)
+        finally:
+            with self._lock:
+                successor = next((waiting for waiting in self._queue if not waiting.wake.is_set()), None)
+                if successor is None:
+                    self._leading = False
+                else:
+                    successor.wake.set()  # still queued and not written: it leads from here
+
+    def _write(self, batch):
+        try:
+            results = self.run_batch([waiting.item for waiting in batch])
+        except Exception as error:  # the batch's transaction failed: every report in it did
+            results = [error] * len(batch)
+        for waiting, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                waiting.error = result
+            else:
+                waiting.result = result
+            waiting.written = True
+            waiting.wake.set()

@@ -1,0 +1,123 @@
+"""Group commit of reports: real threads against GroupCommit, then real concurrent HTTP reports
+against a live server and a real database, every one ledgered in order."""
+
+import http.client
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from runtimes.intake import tokens
+from runtimes.intake.batch import BatchTimeout, GroupCommit
+from runtimes.models import LivenessEvent, RuntimeClass
+from tests.conftest import make_runtime, make_ticket, wait_for
+
+
+class Recorder:
+    """A run_batch that records its batches; the first batch waits until `release` is set."""
+
+    def __init__(self):
+        self.batches = []
+        self.release = threading.Event()
+        self.first_started = threading.Event()
+
+    def __call__(self, items):
+        if not self.batches:
+            self.batches.append(list(items))
+            self.first_started.set()
+            assert self.release.wait(10)
+        else:
+            self.batches.append(list(items))
+        return [f"done {key}:{n}" for key, n in items]
+
+
+def test_reports_arriving_together_are_written_in_one_batch_each_answered_with_its_own_result():
+    recorder = Recorder()
+    group = GroupCommit(recorder, key=lambda item: item[0])
+    first = ThreadPoolExecutor(1).submit(group.submit, ("a", 0))
+    assert recorder.first_started.wait(10)  # the leader is writing its batch of one
+    items = [(key, n) for n in range(3) for key in "bcd"]  # three reports for each of three runtimes
+    pool = ThreadPoolExecutor(len(items))
+    futures = {item: pool.submit(group.submit, item) for item in items}
+    assert wait_for(lambda: len(group._queue) == len(items))  # all queued behind the leader
+    recorder.release.set()
+    assert first.result(10) == "done a:0"
+    assert {item: future.result(10) for item, future in futures.items()} == {
+        item: f"done {item[0]}:{item[1]}" for item in items
+    }
+    assert recorder.batches[0] == [("a", 0)]
+    later = recorder.batches[1:]
+    assert all(len({key for key, _ in batch}) == len(batch) for batch in later)  # one per runtime
+    assert max(len(batch) for batch in later) == 3  # the waiting reports went together
+    for key in "bcd":  # each runtime's reports in the order they arrived
+        order = [n for batch in later for k, n in batch if k == key]
+        assert sorted(order) == [0, 1, 2]
+    assert not group._leading and not group._queue
+
+
+def test_a_failed_batch_fails_each_of_its_reports_and_the_next_report_is_written():
+    calls = []
+
+    def run_batch(items):
+        calls.append(items)
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+        return ["ok" for _ in items]
+
+    group = GroupCommit(run_batch, key=lambda item: item)
+    with pytest.raises(RuntimeError, match="database is locked"):
+        group.submit(1)
+    assert group.submit(2) == "ok"
+    assert not group._leading
+
+
+def test_a_report_that_waits_too_long_leaves_the_queue_with_a_clear_error():
+    release = threading.Event()
+
+    def run_batch(items):
+        assert release.wait(10)
+        return ["ok" for _ in items]
+
+    group = GroupCommit(run_batch, key=lambda item: item, wait=0.2)
+    leader = ThreadPoolExecutor(1).submit(group.submit, 1)
+    assert wait_for(lambda: group._leading)
+    with pytest.raises(BatchTimeout, match="waited more than"):
+        group.submit(1)  # the same runtime: it cannot join the batch being written
+    release.set()
+    assert leader.result(10) == "ok"
+    assert not group._queue
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reports_over_http_are_each_ledgered_once_in_order(live_server):
+    runtimes = [
+        make_runtime(ticket=make_ticket(), runtime_class=RuntimeClass.TMUX_LIVE, class_reason="pane-alive")
+        for _ in range(8)
+    ]
+    _, token = tokens.mint("batch-test")
+    prompt = {"hook_event_name": "Notification", "notification_type": "permission_prompt", "message": "May I?"}
+    work = {"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "make"}}
+    base = {"session_id": "0a1b2c3d-4e5f-4a6b-8c9d-0e1f2a3b4c5d", "cwd": "/work/repo"}
+    host, port = live_server.url.removeprefix("http://").split(":")
+
+    def report_ten_times(runtime):
+        client = http.client.HTTPConnection(host, int(port), timeout=30)
+        answers = []
+        for n in range(10):
+            body = json.dumps({**base, **(prompt if n % 2 == 0 else work)})
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            client.request("POST", f"/api/v1/runtimes/{runtime.pk}/claude-hook", body, headers)
+            response = client.getresponse()
+            answers.append((response.status, json.loads(response.read())["runtime_class"]))
+        client.close()
+        return answers
+
+    with ThreadPoolExecutor(len(runtimes)) as pool:
+        answers = list(pool.map(report_ten_times, runtimes))
+    expected = [(200, "waiting-input" if n % 2 == 0 else "tmux-live") for n in range(10)]
+    assert answers == [expected] * len(runtimes)
+    for runtime in runtimes:
+        chain = list(runtime.events.order_by("at", "pk").values_list("from_class", "to_class"))
+        assert chain == [("tmux-live", "waiting-input"), ("waiting-input", "tmux-live")] * 5
+        assert all(source == LivenessEvent.Source.HOOK for source in runtime.events.values_list("source", flat=True))
