@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import psutil
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -95,6 +96,13 @@ def start_server(port, threads):
     raise RuntimeError("the benchmark server did not answer within 60 s")
 
 
+def server_cpu(server):
+    """CPU seconds (user + system) the server has used: gunicorn's master and its worker. Unlike
+    wall time, this hardly moves when other work shares the machine."""
+    processes = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+
 class Client:
     """One keep-alive connection sending reports for its own runtimes, one after another."""
 
@@ -150,7 +158,7 @@ def measure_direct(runtimes, count):
     for i in range(count):
         runtime = runtimes[i % len(runtimes)]
         signal = hooks.claude_hook(hook_input(i // len(runtimes)), timezone.now())
-        reports.record_signal(runtime, signal, LivenessEvent.Source.HOOK)
+        reports.record_signal(runtime.pk, signal, LivenessEvent.Source.HOOK)
     total = time.perf_counter() - started
     return {"reports": count, "seconds": total, "per_second": count / total}
 
@@ -175,9 +183,12 @@ def run(count, runtime_count, port, clients=16, threads=16, stdout=sys.stdout):
             for concurrent in (1, clients):
                 before = LivenessEvent.objects.filter(runtime__in=http_runtimes).count()
                 stdout.write(f"{connection.vendor}: {count} reports over HTTP from {concurrent} client(s)…\n")
+                cpu_before = server_cpu(server)
                 figures = measure_http(port, http_runtimes, token, count, concurrent)
+                cpu = server_cpu(server) - cpu_before
                 rows = LivenessEvent.objects.filter(runtime__in=http_runtimes).count() - before
-                runs.append({**figures, "ledger_rows": rows, "lost": figures["reports"] - rows})
+                runs.append({**figures, "ledger_rows": rows, "lost": figures["reports"] - rows,
+                             "server_cpu_ms": cpu * 1000 / figures["reports"]})  # fmt: skip
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -199,14 +210,14 @@ def report(figures):
     d, quiet = figures["direct"], figures["direct_without_notifications"]
     lines = [
         "| database | clients | reports | reports/s (HTTP) | p50 ms | p99 ms | max ms | failures | ledger rows "
-        "| lost | × in-process |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| lost | server CPU ms / report | × in-process |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for h in figures["http"]:
         lines.append(
             f"| {figures['database']} | {h['clients']} | {h['reports']} | {h['per_second']:.0f} | {h['p50_ms']:.1f} "
             f"| {h['p99_ms']:.1f} | {h['max_ms']:.1f} | {h['failures']} | {h['ledger_rows']} | {h['lost']} "
-            f"| {h['per_second'] / d['per_second']:.2f} |"
+            f"| {h['server_cpu_ms']:.2f} | {h['per_second'] / d['per_second']:.2f} |"
         )
     lines.append(
         f"In-process baseline, one report at a time: {d['per_second']:.0f} reports/s "

@@ -1,6 +1,7 @@
 """The ingest API (/api/v1/): thin views over runtimes.intake services, one bearer-token auth
 class, JSON errors `{"error": "…"}` with the right 4xx, the body size checked before parsing."""
 
+import functools
 import json
 from datetime import datetime
 from typing import Literal
@@ -240,13 +241,15 @@ def get_runtime(request, runtime_id: int):
 
 
 def _take_report(request, runtime_id, read):
-    runtime = _writable_runtime(request, runtime_id)
+    """Read the body, then record it; the runtime is looked up (404) and the token's scope checked
+    (403) in the report's batch, where its row is read anyway."""
     payload = _json_body(request)
     try:
         signal = read(payload, timezone.now())
     except hooks.ReportError as error:
         raise HttpError(400, str(error)) from None
-    return _report_response(reports.record_signal(runtime, signal, LivenessEvent.Source.HOOK))
+    may_write = functools.partial(tokens.may_write, request.auth)
+    return _report_response(reports.record_signal(runtime_id, signal, LivenessEvent.Source.HOOK, may_write=may_write))
 
 
 @api.post("/runtimes/{int:runtime_id}/claude-hook", response={200: dict})

@@ -77,22 +77,24 @@ def _report_changes(runtime, signal, now):
 class Report:
     """One read report, waiting for its batch."""
 
-    runtime: Runtime
+    runtime_id: int
     signal: object  # runtimes.intake.hooks.Signal
     source: str
     now: object  # datetime: when it arrived
+    may_write: object = None  # a check of the runtime (the API token's scope); None: any
 
 
-def record_signal(runtime, signal, source, now=None):
-    """Take one read report (runtimes.intake.hooks.Signal) from `runtime`'s worker.
+def record_signal(runtime_id, signal, source, now=None, may_write=None):
+    """Take one read report (runtimes.intake.hooks.Signal) from a runtime's worker.
 
     Stores the report (forward only: an older report never overwrites a newer one), classifies
     the runtime with it, and ledgers a change of class (or of waiting reason), in a batch with
     the reports other threads are sending at the same moment (runtimes.intake.batch). A report
     that ends the turn or session also lets this host probe the worker at once, so a run that is
     over is harvested without waiting for the next pass. Repeating a report changes nothing.
-    The Result holds the runtime as written."""
-    report = Report(runtime, signal, source, now or timezone.now())
+    The Result holds the runtime as written; an unknown runtime is a 404 IntakeError, one that
+    `may_write` refuses a 403."""
+    report = Report(runtime_id, signal, source, now or timezone.now(), may_write)
     result = REPORTS.submit(report)
     if signal.ends_run:
         result.transitions += harvest_if_over(result.runtime, report.now, source)
@@ -101,21 +103,24 @@ def record_signal(runtime, signal, source, now=None):
 
 
 def record_reports(reports):
-    """Record reports of distinct runtimes in one transaction: read their rows under lock (so each
-    is classified from its state as of now), store the reports, and ledger every change in one
-    ledger.apply. Returns one Result per report, in order (an IntakeError for a runtime that is
-    gone)."""
+    """Record reports of distinct runtimes in one transaction: read their rows (and tickets) under
+    lock, so each is classified from its state as of now, store the reports, and ledger every
+    change in one ledger.apply. Returns one Result per report, in order, or the IntakeError of a
+    report whose runtime is unknown (404) or out of its sender's scope (403)."""
     now = max(report.now for report in reports)
     results, stored, transitions = [], {}, []
     with transaction.atomic():
-        rows = Runtime.objects.select_related("ticket").filter(pk__in=[report.runtime.pk for report in reports])
+        rows = Runtime.objects.select_related("ticket").filter(pk__in=[r.runtime_id for r in reports]).order_by()
         if connection.features.has_select_for_update:
             rows = rows.select_for_update(of=("self",))
         fresh = {runtime.pk: runtime for runtime in rows}
         for report in reports:
-            runtime = fresh.get(report.runtime.pk)
+            runtime = fresh.get(report.runtime_id)
             if runtime is None:
-                results.append(IntakeError(f"runtime {report.runtime.pk} no longer exists", status=404))
+                results.append(IntakeError(f"no runtime {report.runtime_id}", status=404))
+                continue
+            if report.may_write is not None and not report.may_write(runtime):
+                results.append(IntakeError(f"this token may not report for runtime {runtime.pk}", status=403))
                 continue
             results.append(Result(runtime))
             signal = report.signal
@@ -141,7 +146,7 @@ def record_reports(reports):
 
 
 # One group commit per process: reports arriving together are written in one transaction.
-REPORTS = batch.GroupCommit(record_reports, key=lambda report: report.runtime.pk)
+REPORTS = batch.GroupCommit(record_reports, key=lambda report: report.runtime_id)
 
 
 def _transition(runtime, observation, now, source, observed):
