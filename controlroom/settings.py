@@ -242,12 +242,14 @@ CONTROLROOM = {
     "NOTIFY_ATTEMPTS": env_number("CONTROLROOM_NOTIFY_ATTEMPTS", 5, int, 1),
     "PUBLIC_URL": os.environ.get("CONTROLROOM_PUBLIC_URL", "").strip().rstrip("/"),
     # The event-driven watcher (watch_runtimes): the unix datagram socket exec_worker reports exits
-    # to ("" turns it off), how long it gathers a burst of events, how often it beats and polls what
-    # it holds no pidfd for, and when the admin calls its heartbeat stale.
+    # to and launches and registrations announce new runtimes to ("" turns it off), how long it
+    # gathers a burst of events, how often it beats, polls what it holds no pidfd for and runs its
+    # safety-net "changed since" query, and when the admin calls its heartbeat stale.
     "WATCH_SOCKET": os.environ.get("CONTROLROOM_WATCH_SOCKET", str(VAR_DIR / "run" / "watch.sock")),
     "WATCH_SETTLE_MS": env_number("CONTROLROOM_WATCH_SETTLE_MS", 5.0),
     "WATCH_HEARTBEAT": env_number("CONTROLROOM_WATCH_HEARTBEAT", 10.0, float, 0.1),
     "WATCH_POLL": env_number("CONTROLROOM_WATCH_POLL", 2.0, float, 0.1),
+    "WATCH_SYNC": env_number("CONTROLROOM_WATCH_SYNC", 30.0, float, 0.1),
     "WATCH_STALE_AFTER": env_number("CONTROLROOM_WATCH_STALE_AFTER", 60.0, float, 1),
 }
 if CONTROLROOM["PUBLIC_URL"] and not CONTROLROOM["PUBLIC_URL"].startswith(("http://", "https://")):

@@ -14,14 +14,23 @@ from pathlib import Path
 
 import psutil
 import pytest
+from django.core.management import call_command
 from django.db import connection
 
-from runtimes.models import LivenessEvent, ReconcilerHeartbeat, Runtime, RuntimeClass, WatcherHeartbeat
+from runtimes.intake.reports import Registration, register_runtime
+from runtimes.models import (
+    LivenessEvent,
+    ReconcilerHeartbeat,
+    Runtime,
+    RuntimeClass,
+    WatcherHeartbeat,
+    WorkerProfile,
+)
 from runtimes.probes import tmux as tmux_probe
 from runtimes.probes.processes import create_time_of
 from runtimes.reconcile import reconcile
 from runtimes.runs import exec_worker
-from tests.conftest import make_runtime, start_session, wait_for
+from tests.conftest import make_runtime, make_ticket, start_session, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,7 +48,8 @@ def database_url():
 
 
 class WatcherProcess:
-    def __init__(self, socket_path):
+    def __init__(self, socket_path, sync="1", **extra_env):
+        self.socket_path = socket_path
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "controlroom.settings_test",
@@ -47,7 +57,10 @@ class WatcherProcess:
             "CONTROLROOM_HOST": "test-host",
             "CONTROLROOM_WATCH_SOCKET": socket_path,
             "CONTROLROOM_WATCH_HEARTBEAT": "0.5",
+            # The safety-net "changed since" query, every second unless a test says otherwise.
+            "CONTROLROOM_WATCH_SYNC": sync,
             "PYTHONUNBUFFERED": "1",
+            **extra_env,
         }
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "watch_runtimes"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
@@ -74,8 +87,8 @@ def watcher():
     directory = tempfile.mkdtemp(prefix="crw-")  # short: a unix socket path has at most 107 bytes
     started = []
 
-    def start():
-        started.append(WatcherProcess(os.path.join(directory, "watch.sock")))
+    def start(**options):
+        started.append(WatcherProcess(os.path.join(directory, "watch.sock"), **options))
         return started[-1]
 
     yield start
@@ -198,6 +211,65 @@ def test_a_runtime_registered_after_the_watcher_started_is_picked_up_and_watched
         ("tmux-live", WATCHER),
         ("exited", WATCHER),
     ]
+
+
+def test_a_runtime_registered_on_this_host_is_watched_at_once_with_no_periodic_sync(sleeper, watcher, settings):
+    # The safety-net query runs only at start-up here: the registration's announcement alone brings
+    # the runtime in.
+    process = watcher(sync="3600")
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "WATCH_SOCKET": process.socket_path}
+    worker = sleeper()
+    registration = Registration(
+        ticket=make_ticket().key,
+        handle="hermes-bg:proc_announced",
+        kind="process",
+        host="test-host",
+        pid=worker.pid,
+        pid_create_time=create_time_of(worker.pid),
+    )
+    runtime = register_runtime(registration).runtime
+    assert becomes(runtime, RuntimeClass.PROCESS_LIVE)
+    assert wait_for(watched(1))
+    worker.kill()
+    worker.wait()
+    assert becomes(runtime, RuntimeClass.PROCESS_DEAD)
+    assert list(runtime.events.order_by("pk").values_list("to_class", "source")) == [
+        ("pending", LivenessEvent.Source.API),
+        ("process-live", WATCHER),
+        ("process-dead", WATCHER),
+    ]
+
+
+def test_a_worker_launched_on_this_host_is_watched_at_once_with_no_periodic_sync(
+    fake_bin, tmp_path, tmux, tmux_socket, watcher, settings
+):
+    process = watcher(sync="3600")
+    settings.CONTROLROOM = {**settings.CONTROLROOM, "WATCH_SOCKET": process.socket_path}
+    ticket = make_ticket()
+    WorkerProfile.objects.create(name="codex_default", provider="codex", model="gpt-5.5")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Do the work.")
+    call_command("launch_worker", ticket.key, "--profile", "codex_default", "--cwd", str(tmp_path),
+                 "--prompt-file", str(prompt), "--tmux-socket", tmux_socket)  # fmt: skip
+    runtime = Runtime.objects.get(ticket=ticket)
+    # No scheduled pass runs here: only a watcher that picked the launch up writes these rows.
+    assert wait_for(lambda: runtime.events.filter(source=WATCHER).exists())
+
+
+def test_malformed_datagrams_are_ignored_and_an_announcement_still_works_after_them(sleeper, watcher):
+    process = watcher(sync="3600")
+    worker = sleeper()
+    runtime = process_runtime(worker.pid, create_time_of(worker.pid), runtime_class=RuntimeClass.PENDING)
+    elsewhere = process_runtime(worker.pid, create_time_of(worker.pid), host="other-host")
+    junk = [b"", b"\xff\xfe", b"[" * 4000, b"null", b"[1, 2]", b'{"runtime": "7"}', b'{"runtime": true}',
+            b'{"runtime": -1}', b'{"runtime": 1e400}', b'{"runtime": ' + b"9" * 100 + b"}", b'{"output": 5}',
+            b"x" * 60_000, json.dumps({"runtime": elsewhere.pk}).encode()]  # fmt: skip
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        for data in [*junk, json.dumps({"runtime": runtime.pk}).encode()]:
+            client.sendto(data, process.socket_path)
+    assert becomes(runtime, RuntimeClass.PROCESS_LIVE)
+    assert process.process.poll() is None
+    assert not elsewhere.events.exists()  # announced before, read in order: another host's is not ours
 
 
 def test_a_restarted_watcher_records_at_start_up_what_died_while_it_was_down(tmux, tmux_socket, sleeper, watcher):

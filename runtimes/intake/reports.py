@@ -27,6 +27,7 @@ from runtimes.models import (
 )
 from runtimes.runs import harvest, outcomes
 from runtimes.text import safe_text
+from runtimes.watch.announce import announce_on_commit
 from tickets.models import Comment, Ticket
 
 # The most of a report's fields kept in the ledger's `observed`.
@@ -299,6 +300,7 @@ def register_runtime(registration, now=None):
             message=runtime.class_message, source=reg.source, host=settings.CONTROLROOM_HOST,
             observed=bounded({"pid": reg.pid, "pid_create_time": reg.pid_create_time, "cwd": reg.cwd}),
         )  # fmt: skip
+        announce_on_commit(runtime)  # watched at once when it runs on this host
     return Result(runtime, changed=True, created=True)
 
 

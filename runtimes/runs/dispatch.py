@@ -38,6 +38,7 @@ from runtimes.probes import tmux as tmux_probe
 from runtimes.runs import budgets, exec_worker, outcomes
 from runtimes.runs.controller import session_name_for
 from runtimes.text import safe_text
+from runtimes.watch.announce import announce_on_commit
 from tickets.models import Ticket, validate_ticket_key
 
 SMOKE_PROMPT = "Reply with the single word OK."
@@ -320,6 +321,7 @@ def launch(request, now=None):
                 observed={"pane_pid": pane_pid, "smoke_result": smoke.pk, "argv0": command[0],
                           "reports": reporting.transport},
             )  # fmt: skip
+            announce_on_commit(runtime)  # the watcher holds its pane's pid at once
     except Exception as error:
         if session_started:
             _kill_session_quietly(request.tmux_socket, session)

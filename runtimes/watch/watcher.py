@@ -7,15 +7,21 @@ What it listens to, in one epoll loop:
   `list-panes -a` per socket) or the tracked pid of a background process, trusted only when the
   process's start time matches the stored one (and, for a pane, started before tmux was asked);
 - one tmux control-mode client per socket (`tmux_events`), for sessions and panes with no pidfd;
-- a unix datagram socket where `exec_worker` reports its child's exit (CONTROLROOM_WATCH_SOCKET);
-- every second, an indexed "rows of this host whose class changed since t" query, which picks up
-  new runtimes and drops settled ones (plus a full resync every minute, in case a row was
-  committed with an older class_changed_at).
+- a unix datagram socket (CONTROLROOM_WATCH_SOCKET) where `exec_worker` reports its child's exit
+  and where a launch or registration on this host announces a new runtime (`announce`), which is
+  loaded and watched at once;
+- the safety net for runtimes nobody announced (registered from another host, a lost datagram):
+  every CONTROLROOM_WATCH_SYNC seconds an indexed "rows of this host whose class changed since t"
+  query, which picks up new runtimes and drops settled ones (plus a full resync every 5 minutes, in
+  case a row was committed with an older class_changed_at).
 
 Events arriving within CONTROLROOM_WATCH_SETTLE_MS of each other make one targeted pass. A runtime
 an event named that is still live after the pass (tmux reports a death a moment after the pid ends)
 is looked at again after 20 ms, 50 ms, … up to 2 s. Runtimes it cannot hold a pidfd for (fd limit
 reached, tmux socket unreachable) are polled every CONTROLROOM_WATCH_POLL seconds instead.
+
+Idle, it sleeps until its next deadline (a heartbeat, the safety-net query), so a quiet host costs
+a wake-up every few seconds, whatever the number of runtimes watched.
 """
 
 import contextlib
@@ -40,6 +46,7 @@ from runtimes.models import LIVE_CLASSES, LivenessEvent, Runtime, RuntimeClass, 
 from runtimes.probes import tmux as tmux_probe
 from runtimes.probes.processes import CREATE_TIME_TOLERANCE
 from runtimes.reconcile import reconcile
+from runtimes.watch.announce import WATCHED_KINDS
 from runtimes.watch.tmux_events import ControlClient
 
 logger = logging.getLogger(__name__)
@@ -47,14 +54,14 @@ logger = logging.getLogger(__name__)
 # The classes in which a runtime has a process worth holding: live ones, and unknown (it may be
 # alive on a socket that could not be asked).
 WATCHED_CLASSES = (*(c for c in LIVE_CLASSES if not c.startswith("websocket")), RuntimeClass.UNKNOWN)
-WATCHED_KINDS = (Runtime.Kind.TMUX, Runtime.Kind.PROCESS)
 # Seconds after an event at which a runtime that is still live is looked at again.
 RECHECK_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-SYNC_EVERY = 1.0  # seconds between "changed since" queries
 SYNC_OVERLAP = timedelta(seconds=10)  # a row committed a little after its class_changed_at is still seen
-RESYNC_EVERY = 60.0  # seconds between full loads of this host's live rows
+RESYNC_EVERY = 300.0  # seconds between full loads of this host's live rows
 FD_RESERVE = 128  # descriptors kept free for the database, tmux calls and clients
-MAX_DATAGRAM = 4096  # an exit report is a short JSON object; longer ones are cut and ignored
+MAX_DATAGRAM = 4096  # a report is a short JSON object; longer ones are cut and ignored
+MAX_DATAGRAMS = 1000  # read per wake-up, so a flood cannot hold the loop (the rest wait for the next)
+MAX_ANNOUNCED = 1000  # runtimes announced and not yet loaded; past that, a full resync instead
 ROW_FIELDS = ("pk", "kind", "tmux_socket", "tmux_target", "pid", "pid_create_time", "output_path",
               "runtime_class", "class_changed_at")  # fmt: skip
 
@@ -116,6 +123,7 @@ class Watcher:
         self.settle = config["WATCH_SETTLE_MS"] / 1000
         self.poll_every = config["WATCH_POLL"]
         self.beat_every = config["WATCH_HEARTBEAT"]
+        self.sync_every = config["WATCH_SYNC"]
         self.socket_path = config["WATCH_SOCKET"]
         self.tmux_bin = config["TMUX_BIN"]
         self.watched = {}  # pk → Watched
@@ -123,6 +131,7 @@ class Watcher:
         self.clients = {}  # tmux socket → ControlClient
         self.client_fds = {}  # client fd → tmux socket
         self.dirty = set()  # pks to look at in the next pass
+        self.announced = set()  # pks announced on the socket, to load before the next pass
         self.fired = set()  # of those, the ones an event named (rechecked while still live)
         self.rechecks = {}  # pk → (due, attempt)
         self.poller = select.epoll()  # a wake-up costs the same with 10 or 10,000 fds held
@@ -145,6 +154,8 @@ class Watcher:
         try:
             while not self.stopping:
                 self._wait_and_collect(self._timeout())
+                if self.announced and not self.stopping:
+                    self._take_announced()
                 if self.dirty and not self.stopping:
                     self._gather_burst()
                 self._due()
@@ -168,7 +179,7 @@ class Watcher:
         with contextlib.suppress(NoReverseMatch):
             reverse("admin:index")
         now = time.monotonic()
-        self.next_sync, self.next_resync = now + SYNC_EVERY, now + RESYNC_EVERY
+        self.next_sync, self.next_resync = now + self.sync_every, now + RESYNC_EVERY
         self.next_poll = now
         self.synced_at = None
         self._sync(full=True)
@@ -263,7 +274,7 @@ class Watcher:
                     if watched.kind == Runtime.Kind.TMUX and watched.socket == socket_name:
                         self._fire(watched.pk)
         elif self.exit_socket is not None and fd == self.exit_socket.fileno():
-            self._read_exit_reports()
+            self._read_reports()
         elif self.wakeup and fd == self.wakeup[0].fileno():
             try:
                 while self.wakeup[0].recv(64):
@@ -276,25 +287,38 @@ class Watcher:
         self.fired.add(pk)
         self.rechecks.pop(pk, None)
 
-    def _read_exit_reports(self):
-        by_output = None
-        while True:
+    def _read_reports(self):
+        """Read what is waiting on the socket: exit reports (`{"output": LOG, ...}`) fire the
+        runtime logging there; announcements (`{"runtime": ID}`) queue a runtime to load. Anything
+        else is ignored, and at most MAX_DATAGRAMS are read per wake-up."""
+        by_output, ignored = None, 0
+        for _ in range(MAX_DATAGRAMS):
             try:
                 data = self.exit_socket.recv(MAX_DATAGRAM)
-            except BlockingIOError:
-                return
-            except OSError:
-                return
+            except OSError:  # BlockingIOError: nothing more waiting
+                break
             try:
                 report = json.loads(data)
-                output = report["output"]
-            except (ValueError, TypeError, KeyError):
-                logger.warning("watcher: ignored a malformed exit report (%d bytes)", len(data))
+            except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past the stack
+                report = None
+            if not isinstance(report, dict):
+                ignored += 1
                 continue
-            if by_output is None:
-                by_output = {w.output_path: w.pk for w in self.watched.values() if w.output_path}
-            if isinstance(output, str) and output in by_output:
-                self._fire(by_output[output])
+            pk, output = report.get("runtime"), report.get("output")
+            if type(pk) is int and 0 < pk < 2**63:
+                if len(self.announced) < MAX_ANNOUNCED:
+                    self.announced.add(pk)
+                else:  # more than one load should take: let a full resync find them all
+                    self.next_sync = self.next_resync = time.monotonic()
+            elif isinstance(output, str):
+                if by_output is None:
+                    by_output = {w.output_path: w.pk for w in self.watched.values() if w.output_path}
+                if output in by_output:
+                    self._fire(by_output[output])
+            else:
+                ignored += 1
+        if ignored:
+            logger.warning("watcher: ignored %d malformed datagram(s)", ignored)
 
     # ----- timers -----------------------------------------------------------------------------
     def _due(self):
@@ -305,7 +329,7 @@ class Watcher:
         if now >= self.next_sync:
             full = now >= self.next_resync
             self._sync(full=full)
-            self.next_sync = now + SYNC_EVERY
+            self.next_sync = now + self.sync_every
             if full:
                 self.next_resync = now + RESYNC_EVERY
         if now >= self.next_poll:
@@ -342,9 +366,10 @@ class Watcher:
 
     # ----- which runtimes ---------------------------------------------------------------------
     def _sync(self, full=False):
-        """Pick up new and changed rows of this host, drop settled ones. Every second this is one
-        raw indexed query for the (id, class_changed_at) of rows changed lately, so an idle second
-        costs next to nothing; only rows not seen in that state before are loaded."""
+        """Pick up new and changed rows of this host, drop settled ones. Every WATCH_SYNC seconds
+        this is one raw indexed query for the (id, class_changed_at) of rows changed lately, so it
+        costs next to nothing when nothing changed; only rows not seen in that state before are
+        loaded."""
         started = timezone.now()
         try:
             since = connection.ops.adapt_datetimefield_value((self.synced_at or started) - SYNC_OVERLAP)
@@ -366,6 +391,19 @@ class Watcher:
             close_old_connections()
             return
         self.synced_at = started
+
+    def _take_announced(self):
+        """Load the runtimes announced on the socket (one query) and watch those of this host in a
+        watched class; one already watched in the same state is left as it is."""
+        pks, self.announced = sorted(self.announced), set()
+        try:
+            rows = Runtime.objects.filter(pk__in=pks, host=self.host, kind__in=WATCHED_KINDS)
+            found = list(rows.values_list(*ROW_FIELDS))
+        except DatabaseError as error:
+            logger.warning("watcher: cannot load announced runtimes (the next sync will): %s", error)
+            close_old_connections()
+            return
+        self._take_rows(found)
 
     def _take_rows(self, found, full=False):
         seen, new = set(), []
