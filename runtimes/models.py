@@ -380,7 +380,7 @@ class Runtime(models.Model):
             models.Index(fields=["ticket", "runtime_class"], name="runtime_ticket_class_idx"),
             # Spend per profile and day (budgets at launch, the spend admin).
             models.Index(fields=["profile", "started_at"], name="runtime_profile_spend_idx"),
-            # The watcher's "rows of this host changed since t" query, every second.
+            # The watcher's "rows of this host changed since t" query (every CONTROLROOM_WATCH_SYNC s).
             models.Index(fields=["host", "class_changed_at"], name="runtime_host_changed_idx"),
         ]
 
