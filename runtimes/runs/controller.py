@@ -98,9 +98,15 @@ def _running(process):
     except psutil.TimeoutExpired:
         pass
     try:
-        return process.status() != psutil.STATUS_ZOMBIE
+        if process.status() != psutil.STATUS_ZOMBIE:
+            return True
     except psutil.NoSuchProcess:
         return False
+    # It ended between the two looks: reap it too if it is our child (a zombie we never wait for
+    # would stay in the process table as long as we live).
+    with contextlib.suppress(psutil.TimeoutExpired, psutil.NoSuchProcess):
+        process.wait(timeout=0)
+    return False
 
 
 def _wait_gone(processes, timeout):
