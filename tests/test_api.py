@@ -2,8 +2,10 @@
 panes and real processes, posting the CLIs' real payload shapes."""
 
 import json
+import threading
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import psutil
@@ -12,7 +14,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from runtimes import reconcile
-from runtimes.intake import tokens
+from runtimes.intake import batch, reports, tokens
 from runtimes.models import ApiToken, LivenessEvent, Runtime, RuntimeClass
 from tests.conftest import make_runtime, make_ticket, start_session
 from tickets.models import Comment
@@ -312,3 +314,28 @@ def test_tokens_are_listed_and_revoked_in_the_admin_and_a_revoked_token_stops_wo
     row.refresh_from_db()
     assert row.revoked_at is not None and row.last_used_at is not None
     assert call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)[0] == 401
+
+
+def test_a_report_that_waited_too_long_for_its_batch_is_a_503_and_writes_nothing(live_server, monkeypatch):
+    runtime = make_runtime(runtime_class=RuntimeClass.TMUX_LIVE)
+    _, token = tokens.mint("busy")
+    entered, release = threading.Event(), threading.Event()
+    real_run = reports.REPORTS.run_batch
+
+    def slow_run(items):  # the batch being written holds the runtime past the wait limit
+        entered.set()
+        assert release.wait(10)
+        return real_run(items)
+
+    monkeypatch.setattr(reports, "REPORTS", batch.GroupCommit(slow_run, key=reports.REPORTS.key, wait=0.3))
+    path = f"/runtimes/{runtime.pk}/claude-hook"
+    hook = claude_input("Notification", notification_type="permission_prompt")
+    first = ThreadPoolExecutor(1).submit(call, live_server, "POST", path, token, hook)
+    assert entered.wait(10)
+    try:
+        status, answer = call(live_server, "POST", path, token, hook)
+    finally:
+        release.set()
+    assert status == 503 and "nothing was written" in answer["error"]
+    assert first.result(10)[0] == 200
+    assert runtime.events.count() == 1  # the first report's; the refused one wrote nothing

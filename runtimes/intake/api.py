@@ -16,7 +16,7 @@ from ninja.responses import Status
 from ninja.security import HttpBearer
 
 from runtimes import observe
-from runtimes.intake import hooks, reports, tokens
+from runtimes.intake import batch, hooks, reports, tokens
 from runtimes.intake.activity import ActivityError, record_activity
 from runtimes.models import ApiToken, LivenessEvent, Runtime, RuntimeClass
 from tickets.models import Comment, Ticket
@@ -78,6 +78,11 @@ def _invalid(request, exc):
     first = exc.errors[0] if exc.errors else {}
     where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "payload"))
     return _error(request, 400, f"{where or 'body'}: {first.get('msg', 'invalid')}")
+
+
+@api.exception_handler(batch.BatchTimeout)
+def _batch_timeout(request, exc):
+    return _error(request, 503, f"{exc}; nothing was written: send the report again")
 
 
 @api.exception_handler(reports.IntakeError)
