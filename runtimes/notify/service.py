@@ -121,7 +121,8 @@ def rows_for_pass(now):
 
 
 def _apply(step, row, now):
-    """Write one step by compare-and-set; return the episode when this caller won it and must announce."""
+    """Write one announcing step (a start, a resolve) by compare-and-set; return the episode when
+    this caller won it and must announce."""
     State = AttentionEpisode.State
     if step.action == episodes.START:
         try:
@@ -136,26 +137,37 @@ def _apply(step, row, now):
         except IntegrityError:  # another evaluator opened it first
             return None
     current = AttentionEpisode.objects.filter(pk=step.episode_id, state=step.from_state)
-    if step.action == episodes.REOPEN:
-        current.update(state=State.OPEN, closed_at=None, end_class="", flaps=F("flaps") + 1)
-        return None
-    if step.action == episodes.HOLD:
-        current.update(state=State.CLOSING, closed_at=now, end_class=row["runtime_class"])
-        return None
     closed_at = now if step.from_state == State.OPEN else F("closed_at")
     if current.update(state=State.CLOSED, closed_at=closed_at, resolved_at=now, end_class=row["runtime_class"]):
         return AttentionEpisode.objects.get(pk=step.episode_id)
     return None
 
 
+def _apply_silent(steps, rows, now):
+    """Write the steps that announce nothing (a flap back within the quiet period, an end held
+    back) by compare-and-set, one UPDATE per kind of change rather than one per episode."""
+    State = AttentionEpisode.State
+    groups = {}
+    for step in steps:
+        end_class = rows[step.runtime_id]["runtime_class"] if step.action == episodes.HOLD else ""
+        groups.setdefault((step.action, step.from_state, end_class), []).append(step.episode_id)
+    for (action, from_state, end_class), episode_ids in groups.items():
+        current = AttentionEpisode.objects.filter(pk__in=episode_ids, state=from_state)
+        if action == episodes.REOPEN:
+            current.update(state=State.OPEN, closed_at=None, end_class="", flaps=F("flaps") + 1)
+        else:
+            current.update(state=State.CLOSING, closed_at=now, end_class=end_class)
+
+
 def evaluate(rows, now):
     """Bring the episodes of `rows` in line with their attention state and queue the notices.
     Returns the deliveries created."""
     steps = episodes.plan([_subject(row) for row in rows.values()], now, settings.CONTROLROOM["NOTIFY_QUIET"])
+    _apply_silent([step for step in steps if not step.announces], rows, now)
     notices = []
-    for step in steps:
+    for step in (step for step in steps if step.announces):
         episode = _apply(step, rows[step.runtime_id], now)
-        if episode is not None and step.announces:
+        if episode is not None:
             notices.append(notice_for(episode, rows[step.runtime_id], now))
     return queue(notices, now)
 
