@@ -32,9 +32,11 @@ def resolve(token, now=None):
     occasional last_used_at refresh."""
     if not token or not token.startswith(PREFIX) or len(token) > 200:
         return None
-    row = ApiToken.objects.filter(token_hash=hash_token(token), revoked_at__isnull=True).first()
-    if row is None:
+    # The hash is unique: no ORDER BY (which .first() adds) is needed to take the one row.
+    found = list(ApiToken.objects.filter(token_hash=hash_token(token), revoked_at__isnull=True).order_by()[:1])
+    if not found:
         return None
+    row = found[0]
     now = now or timezone.now()
     if row.last_used_at is None or row.last_used_at < now - TOUCH_EVERY:
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
