@@ -45,8 +45,13 @@ def redact(text):
 _MARGIN = 256
 
 
+# A lone UTF-16 surrogate (JSON "\\ud800") is no character: PostgreSQL refuses it in text and jsonb.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def safe_text(value, limit=2000):
-    """Text fit for the ledger, a banner or a log: str, no NULs, secrets redacted, bounded.
+    """Text fit for the ledger, a banner or a log: str, no NULs or lone surrogates, secrets
+    redacted, bounded.
     Only the first part of a long text is redacted (enough to fill `limit`), so the work is bounded."""
     if value is None:
         return ""
@@ -55,7 +60,7 @@ def safe_text(value, limit=2000):
     text = str(value)
     cut = limit + _MARGIN
     while True:
-        shown = redact(text[:cut].replace("\x00", ""))
+        shown = redact(_SURROGATE.sub("\ufffd", text[:cut].replace("\x00", "")))
         # Done when nothing was cut, or when a secret cut at the end lies wholly past `limit`.
         if cut >= len(text) or len(shown) >= limit + _MARGIN:
             break

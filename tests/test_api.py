@@ -339,3 +339,14 @@ def test_a_report_that_waited_too_long_for_its_batch_is_a_503_and_writes_nothing
     assert status == 503 and "nothing was written" in answer["error"]
     assert first.result(10)[0] == 200
     assert runtime.events.count() == 1  # the first report's; the refused one wrote nothing
+
+
+def test_a_report_carrying_a_lone_surrogate_is_recorded_with_a_replacement_character(live_server):
+    # JSON "\ud800" is valid JSON but no character: PostgreSQL refuses it in jsonb. Kept as U+FFFD.
+    runtime = make_runtime(runtime_class=RuntimeClass.TMUX_LIVE)
+    _, token = tokens.mint("surrogate")
+    hook = claude_input("Notification", notification_type="permission_prompt", message="May I \ud800 run it?")
+    status, answer = call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)
+    assert (status, answer["runtime_class"]) == (200, "waiting-input")
+    observed = json.dumps(runtime.events.get().observed, ensure_ascii=False)
+    assert "\ufffd" in observed and "\ud800" not in observed

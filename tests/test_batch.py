@@ -50,10 +50,73 @@ def test_reports_arriving_together_are_written_in_one_batch_each_answered_with_i
     later = recorder.batches[1:]
     assert all(len({key for key, _ in batch}) == len(batch) for batch in later)  # one per runtime
     assert max(len(batch) for batch in later) == 3  # the waiting reports went together
-    for key in "bcd":  # each runtime's reports in the order they arrived
+    for key in "bcd":  # each runtime's reports in the order they were queued
         order = [n for batch in later for k, n in batch if k == key]
-        assert sorted(order) == [0, 1, 2]
+        assert order == sorted(order) and sorted(order) == [0, 1, 2]
     assert not group._leading and not group._queue
+
+
+class Refused(Exception):
+    pass
+
+
+def test_one_report_the_database_refuses_fails_alone_and_its_batch_mates_are_written():
+    entered, release, calls = threading.Event(), threading.Event(), []
+
+    def run_batch(items):
+        calls.append(list(items))
+        if len(calls) == 1:  # the leader's batch of one holds the door while the others queue
+            entered.set()
+            assert release.wait(10)
+        if "bad" in items:
+            raise Refused("invalid byte sequence")
+        return [f"ok {item}" for item in items]
+
+    group = GroupCommit(run_batch, key=lambda item: item)
+    leader = ThreadPoolExecutor(1).submit(group.submit, "first")
+    assert entered.wait(10)
+    pool = ThreadPoolExecutor(3)
+    futures = {item: pool.submit(group.submit, item) for item in ("good-1", "bad", "good-2")}
+    assert wait_for(lambda: len(group._queue) == 3)
+    release.set()
+    assert leader.result(10) == "ok first"
+    assert futures["good-1"].result(10) == "ok good-1" and futures["good-2"].result(10) == "ok good-2"
+    with pytest.raises(Refused):
+        futures["bad"].result(10)
+    assert sorted(calls[1]) == ["bad", "good-1", "good-2"]  # tried together, then one by one
+    assert sorted(map(tuple, calls[2:])) == [("bad",), ("good-1",), ("good-2",)]
+
+
+class Interrupt(BaseException):
+    pass
+
+
+def test_an_interrupted_batch_answers_every_report_in_it_and_hands_on_the_lead():
+    entered, release = threading.Event(), threading.Event()
+    calls = []
+
+    def run_batch(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            entered.set()
+            assert release.wait(10)
+            return ["ok" for _ in items]
+        if len(calls) == 2:
+            raise Interrupt()
+        return ["ok" for _ in items]
+
+    group = GroupCommit(run_batch, key=lambda item: item)
+    leader = ThreadPoolExecutor(1).submit(group.submit, 0)
+    assert entered.wait(10)
+    pool = ThreadPoolExecutor(3)
+    futures = [pool.submit(group.submit, n) for n in (1, 2, 3)]
+    assert wait_for(lambda: len(group._queue) == 3)
+    release.set()
+    assert leader.result(10) == "ok"
+    for future in futures:  # the new leader is interrupted; nobody of its batch waits forever
+        with pytest.raises(Interrupt):
+            future.result(10)
+    assert group.submit(4) == "ok" and not group._leading
 
 
 def test_a_failed_batch_fails_each_of_its_reports_and_the_next_report_is_written():

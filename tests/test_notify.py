@@ -262,27 +262,28 @@ def test_the_python_attention_rule_agrees_with_the_sql_one_on_every_kind_of_row(
     """The notification step and the API judge attention in Python (observe.stored_attention); the
     admin, the console and the pass filter with Runtime.needs_attention_q. Both on one grid."""
     now = timezone.now()
-    grid = itertools.product(
-        RuntimeClass.values,
-        ("", "permission-prompt", "elicitation-dialog", "idle-prompt"),
-        ("", "failed", "completed"),
-        (timedelta(0), timedelta(seconds=299), timedelta(seconds=301), timedelta(hours=2)),  # time in class
-        (None, timedelta(minutes=-11), timedelta(minutes=-9), timedelta(minutes=5)),  # resumes_at - now
-    )
     tickets = [
         make_ticket(state=Ticket.State.IN_PROGRESS),
         make_ticket(state=Ticket.State.REVIEW),
         make_ticket(state=Ticket.State.WAITING),
         make_ticket(state=Ticket.State.IN_PROGRESS, kind=Ticket.Kind.UMBRELLA),
     ]
+    grid = itertools.product(
+        tickets,
+        RuntimeClass.values,
+        ("", "permission-prompt", "elicitation-dialog", "idle-prompt"),
+        ("", "failed", "completed"),
+        (timedelta(0), timedelta(seconds=299), timedelta(seconds=301), timedelta(hours=2)),  # time in class
+        (None, timedelta(minutes=-11), timedelta(minutes=-9), timedelta(minutes=5)),  # resumes_at - now
+    )
     rows = [
         Runtime(
-            ticket=tickets[i % len(tickets)], kind=Runtime.Kind.TMUX, handle=f"tmux:grid-{i}",
+            ticket=ticket, kind=Runtime.Kind.TMUX, handle=f"tmux:grid-{i}",
             tmux_target=f"grid-{i}", host="test-host",
             runtime_class=runtime_class, class_reason=reason, exit_outcome=outcome, class_changed_at=now - age,
             resumes_at=None if resumes is None else now + resumes,
         )
-        for i, (runtime_class, reason, outcome, age, resumes) in enumerate(grid)
+        for i, (ticket, runtime_class, reason, outcome, age, resumes) in enumerate(grid)
     ]  # fmt: skip
     ids = [runtime.pk for runtime in Runtime.objects.bulk_create(rows)]
     by_sql = set(Runtime.objects.needs_attention(now).values_list("pk", flat=True))

@@ -15,6 +15,8 @@ report is answered only after its batch committed (or with the error that batch 
 import threading
 from dataclasses import dataclass, field
 
+from django.db import connection
+
 
 class BatchTimeout(Exception):
     """A report waited longer than the limit for its batch."""
@@ -52,6 +54,13 @@ class GroupCommit:
         self._leading = False
 
     def submit(self, item):
+        if connection.in_atomic_block:
+            # Inside the caller's transaction: others' reports must not ride on a commit that may
+            # never come (nor wait on locks this transaction holds). Written alone, here.
+            result = self._run_one(item)
+            if isinstance(result, BaseException):
+                raise result
+            return result
         me = _Waiting(item, self.key(item))
         with self._lock:
             self._queue.append(me)
@@ -93,9 +102,34 @@ class GroupCommit:
 
     def _write(self, batch):
         try:
-            results = self.run_batch([waiting.item for waiting in batch])
-        except Exception as error:  # the batch's transaction failed: every report in it did
-            results = [error] * len(batch)
+            results = self._run(batch)
+        except BaseException as error:  # an interrupt: no report of the batch may wait forever
+            self._settle(batch, [error] * len(batch))
+            raise
+        self._settle(batch, results)
+
+    def _run(self, batch):
+        """run_batch's results; when a batch of several fails, each report is tried alone, so
+        one report the database refuses fails only its own request."""
+        items = [waiting.item for waiting in batch]
+        try:
+            results = self.run_batch(items)
+        except Exception as error:
+            if len(items) == 1:
+                return [error]
+            return [self._run_one(item) for item in items]
+        if len(results) != len(items):
+            raise RuntimeError(f"run_batch answered {len(results)} results for {len(items)} items")
+        return results
+
+    def _run_one(self, item):
+        try:
+            return self.run_batch([item])[0]
+        except Exception as error:
+            return error
+
+    @staticmethod
+    def _settle(batch, results):
         for waiting, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 waiting.error = result

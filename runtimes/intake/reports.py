@@ -108,10 +108,12 @@ def record_reports(reports):
     lock, so each is classified from its state as of now, store the reports, and ledger every
     change in one ledger.apply. Returns one Result per report, in order, or the IntakeError of a
     report whose runtime is unknown (404) or out of its sender's scope (403)."""
-    now = max(report.now for report in reports)
+    # The batch's moment: never before any of its reports, nor before an earlier batch's.
+    now = max(timezone.now(), *(report.now for report in reports))
     results, stored, transitions = [], {}, []
     with transaction.atomic():
-        rows = Runtime.objects.select_related("ticket").filter(pk__in=[r.runtime_id for r in reports]).order_by()
+        # Locked in primary-key order, so two batches (two processes) never lock in opposite orders.
+        rows = Runtime.objects.select_related("ticket").filter(pk__in=[r.runtime_id for r in reports]).order_by("pk")
         if connection.features.has_select_for_update:
             rows = rows.select_for_update(of=("self",))
         fresh = {runtime.pk: runtime for runtime in rows}
