@@ -39,7 +39,7 @@ def dead_panes(socket):
     probe's reaped_status does."""
     panes = {p.pane_id: p for p in tmux_probe.list_panes(socket).by_target.values()}.values()
     if any(pane.dead and pane.dead_status is None and pane.dead_signal is None for pane in panes):
-        subprocess.run(["tmux", *tmux_probe.socket_args(socket), "run-shell", "true"], check=False, capture_output=True)
+        tmux_probe.run(socket, "run-shell", "true")  # what reaped_status does
     return sum(1 for pane in panes if pane.dead and (pane.dead_status, pane.dead_signal) != (None, None))
 
 

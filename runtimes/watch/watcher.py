@@ -383,8 +383,7 @@ class Watcher:
                 )
                 self._take_rows(list(rows.values_list(*ROW_FIELDS)), full=True)
             elif fresh:
-                rows = Runtime.objects.filter(pk__in=fresh, kind__in=WATCHED_KINDS)
-                self._take_rows(list(rows.values_list(*ROW_FIELDS)))
+                self._take_rows(self._load(fresh))
             self.marks = marks
         except DatabaseError as error:
             logger.warning("watcher: cannot load runtimes: %s", error)
@@ -397,13 +396,17 @@ class Watcher:
         watched class; one already watched in the same state is left as it is."""
         pks, self.announced = sorted(self.announced), set()
         try:
-            rows = Runtime.objects.filter(pk__in=pks, host=self.host, kind__in=WATCHED_KINDS)
-            found = list(rows.values_list(*ROW_FIELDS))
+            found = self._load(pks)
         except DatabaseError as error:
             logger.warning("watcher: cannot load announced runtimes (the next sync will): %s", error)
             close_old_connections()
             return
         self._take_rows(found)
+
+    def _load(self, pks):
+        """The watched fields of these runtimes, those of this host and of a watched kind (one query)."""
+        rows = Runtime.objects.filter(pk__in=pks, host=self.host, kind__in=WATCHED_KINDS)
+        return list(rows.values_list(*ROW_FIELDS))
 
     def _take_rows(self, found, full=False):
         seen, new = set(), []
