@@ -11,6 +11,7 @@ from datetime import timedelta
 import psutil
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 from django.utils import timezone
 
 from runtimes import reconcile
@@ -350,3 +351,18 @@ def test_a_report_carrying_a_lone_surrogate_is_recorded_with_a_replacement_chara
     assert (status, answer["runtime_class"]) == (200, "waiting-input")
     observed = json.dumps(runtime.events.get().observed, ensure_ascii=False)
     assert "\ufffd" in observed and "\ud800" not in observed
+
+
+def test_a_report_the_database_refuses_is_a_clear_503_that_wrote_nothing(live_server, monkeypatch):
+    runtime = make_runtime(runtime_class=RuntimeClass.TMUX_LIVE)
+    _, token = tokens.mint("db-down")
+
+    def refused(items):
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(reports, "REPORTS", batch.GroupCommit(refused, key=reports.REPORTS.key))
+    hook = claude_input("Notification", notification_type="permission_prompt")
+    status, answer = call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)
+    assert status == 503 and "nothing was written" in answer["error"]
+    assert "could not connect" not in answer["error"]  # the details go to the log, not to the reporter
+    assert not runtime.events.exists()

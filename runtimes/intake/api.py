@@ -3,10 +3,12 @@ class, JSON errors `{"error": "…"}` with the right 4xx, the body size checked 
 
 import functools
 import json
+import logging
 from datetime import datetime
 from typing import Literal
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import BooleanField, ExpressionWrapper
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -21,6 +23,7 @@ from runtimes.intake.activity import ActivityError, record_activity
 from runtimes.models import ApiToken, LivenessEvent, Runtime, RuntimeClass
 from tickets.models import Comment, Ticket
 
+logger = logging.getLogger(__name__)
 LEDGER_ROWS = 50
 LIST_LIMIT = 500
 
@@ -78,6 +81,13 @@ def _invalid(request, exc):
     first = exc.errors[0] if exc.errors else {}
     where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "payload"))
     return _error(request, 400, f"{where or 'body'}: {first.get('msg', 'invalid')}")
+
+
+@api.exception_handler(DatabaseError)
+def _database_error(request, exc):
+    # The reporter gets a clear answer it can act on (send again); the operator gets the traceback in the log.
+    logger.exception("API %s %s: the database refused it", request.method, request.path)
+    return _error(request, 503, "the database could not take this request; nothing was written: send it again")
 
 
 @api.exception_handler(batch.BatchTimeout)
