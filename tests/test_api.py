@@ -317,6 +317,35 @@ def test_tokens_are_listed_and_revoked_in_the_admin_and_a_revoked_token_stops_wo
     assert call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)[0] == 401
 
 
+def test_a_report_token_is_taken_from_the_cache_yet_refused_the_moment_it_is_revoked_or_deleted(live_server):
+    hook = claude_input("PreToolUse", tool_name="Bash")
+    for end in ("revoke", "delete"):
+        runtime = make_runtime(host=HOST)
+        row, token = tokens.mint(f"cached-{end}", host=HOST)
+        assert call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)[0] == 200
+        assert tokens.CACHE.get(row.token_hash) is not None  # the next report costs no token query
+        if end == "revoke":
+            tokens.revoke(ApiToken.objects.filter(pk=row.pk))  # a plain UPDATE: nothing tells the cache
+        else:
+            ApiToken.objects.filter(pk=row.pk).delete()
+        before = runtime.events.count()
+        prompt = claude_input("Notification", notification_type="permission_prompt", message="Allow?")
+        status, body = call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, prompt)
+        assert (status, body["error"]) == (401, tokens.UNAUTHORIZED)
+        assert runtime.events.count() == before  # nothing written
+        assert tokens.CACHE.get(row.token_hash) is None  # and it left the cache
+        assert call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)[0] == 401
+
+
+def test_the_report_token_cache_is_bounded(monkeypatch):
+    cache = tokens._Cache(size=3)
+    for n in range(5):
+        cache.put(f"hash-{n}", n)
+    cache.get("hash-2")  # used: the least recently used leave first
+    cache.put("hash-5", 5)
+    assert [cache.get(f"hash-{n}") for n in range(6)] == [None, None, 2, None, 4, 5]
+
+
 def test_a_report_that_waited_too_long_for_its_batch_is_a_503_and_writes_nothing(live_server, monkeypatch):
     runtime = make_runtime(runtime_class=RuntimeClass.TMUX_LIVE)
     _, token = tokens.mint("busy")

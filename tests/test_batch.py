@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from runtimes.intake import tokens
-from runtimes.intake.batch import BatchTimeout, GroupCommit
+from runtimes.intake.batch import BatchTimeout, GroupCommit, Written
 from runtimes.models import LivenessEvent, RuntimeClass
 from tests.conftest import make_runtime, make_ticket, wait_for
 
@@ -54,6 +54,41 @@ def test_reports_arriving_together_are_written_in_one_batch_each_answered_with_i
         order = [n for batch in later for k, n in batch if k == key]
         assert order == sorted(order) and sorted(order) == [0, 1, 2]
     assert not group._leading and not group._queue
+
+
+def test_a_batchs_after_commit_steps_run_once_its_reports_are_answered_and_the_lead_handed_on():
+    events, answered, release = [], threading.Event(), threading.Event()
+
+    def run_batch(items):
+        def notify():  # the notification step: runs while the batch's reports are already answered
+            events.append(("after", [n for _, n in items], group._leading))
+            answered.set()
+            assert release.wait(10)
+
+        return Written([f"done {n}" for _, n in items], after=[notify, lambda: 1 / 0])
+
+    group = GroupCommit(run_batch, key=lambda item: item[0])
+    leader = ThreadPoolExecutor(1).submit(group.submit, ("a", 0))
+    assert answered.wait(10)  # the leader is in its after-steps: its batch was answered, the lead is free
+    assert events == [("after", [0], False)]
+    assert not leader.done()  # the leader's own answer waits for its steps
+    follower = ThreadPoolExecutor(1).submit(group.submit, ("b", 1))  # the next report is not held back
+    release.set()
+    assert follower.result(10) == "done 1" and leader.result(10) == "done 0"  # a failing step fails no report
+    assert events == [("after", [0], False), ("after", [1], False)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inside_a_callers_transaction_the_after_commit_steps_wait_for_its_commit():
+    from django.db import transaction
+
+    ran = []
+    group = GroupCommit(lambda items: Written([n for _, n in items], after=[lambda: ran.append("after")]),
+                        key=lambda item: item[0])  # fmt: skip
+    with transaction.atomic():
+        assert group.submit(("a", 7)) == 7
+        assert ran == []
+    assert ran == ["after"]
 
 
 class Refused(Exception):

@@ -89,18 +89,17 @@ def test_a_process_vanishing_between_lookup_and_read_is_dead(sleeper, monkeypatc
 def test_a_database_failure_mid_write_commits_nothing_and_the_next_pass_catches_up(sleeper, monkeypatch):
     processes = [sleeper() for _ in range(3)]
     runtimes = [process_runtime(p, runtime_class="pending") for p in processes]
-    real_bulk_create = LivenessEvent.objects.bulk_create
 
-    def failing_bulk_create(*args, **kwargs):
+    def failing_insert(model, rows, fields):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(LivenessEvent.objects, "bulk_create", failing_bulk_create)
+    monkeypatch.setattr(ledger, "insert_rows", failing_insert)  # the ledger rows' INSERT
     with pytest.raises(OperationalError):
-        reconcile()  # the runtimes were already bulk-updated in the same transaction
+        reconcile()  # the runtimes were already updated in the same transaction
     assert [refreshed(r).runtime_class for r in runtimes] == ["pending"] * 3
     assert not LivenessEvent.objects.exists()
 
-    monkeypatch.setattr(LivenessEvent.objects, "bulk_create", real_bulk_create)
+    monkeypatch.undo()
     assert reconcile().transitions == 3
     assert LivenessEvent.objects.count() == 3
 

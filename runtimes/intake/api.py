@@ -1,7 +1,6 @@
 """The ingest API (/api/v1/): thin views over runtimes.intake services, one bearer-token auth
 class, JSON errors `{"error": "…"}` with the right 4xx, the body size checked before parsing."""
 
-import functools
 import json
 import logging
 from datetime import datetime
@@ -49,6 +48,14 @@ class TokenAuth(HttpBearer):
         return tokens.resolve(token)
 
 
+class ReportTokenAuth(TokenAuth):
+    """For hook and notify reports: the token from the process's cache (no query); its batch
+    checks it is still live, in one query for the batch (runtimes.intake.tokens)."""
+
+    def authenticate(self, request, token):
+        return tokens.resolve_for_report(token)
+
+
 api = NinjaAPI(
     title="Control Room ingest API",
     version="1",
@@ -65,7 +72,7 @@ def _error(request, status, message):
 
 @api.exception_handler(AuthenticationError)
 def _unauthorized(request, exc):
-    return _error(request, 401, "a valid, unrevoked API token is required: Authorization: Bearer <token>")
+    return _error(request, 401, tokens.UNAUTHORIZED)
 
 
 @api.exception_handler(HttpError)
@@ -256,24 +263,23 @@ def get_runtime(request, runtime_id: int):
 
 
 def _take_report(request, runtime_id, read):
-    """Read the body, then record it; the runtime is looked up (404) and the token's scope checked
-    (403) in the report's batch, where its row is read anyway."""
+    """Read the body, then record it; the token is checked live (401), the runtime looked up (404)
+    and the token's scope checked (403) in the report's batch, where its row is read anyway."""
     payload = _json_body(request)
     try:
         signal = read(payload, timezone.now())
     except hooks.ReportError as error:
         raise HttpError(400, str(error)) from None
-    may_write = functools.partial(tokens.may_write, request.auth)
-    return _report_response(reports.record_signal(runtime_id, signal, LivenessEvent.Source.HOOK, may_write=may_write))
+    return _report_response(reports.record_signal(runtime_id, signal, LivenessEvent.Source.HOOK, token=request.auth))
 
 
-@api.post("/runtimes/{int:runtime_id}/claude-hook", response={200: dict})
+@api.post("/runtimes/{int:runtime_id}/claude-hook", response={200: dict}, auth=ReportTokenAuth())
 def claude_hook(request, runtime_id: int):
     """The body is a Claude Code hook's input JSON exactly as Claude sends it."""
     return _take_report(request, runtime_id, hooks.claude_hook)
 
 
-@api.post("/runtimes/{int:runtime_id}/codex-notify", response={200: dict})
+@api.post("/runtimes/{int:runtime_id}/codex-notify", response={200: dict}, auth=ReportTokenAuth())
 def codex_notify(request, runtime_id: int):
     """The body is Codex's notify JSON, or a Codex command hook's input."""
     return _take_report(request, runtime_id, hooks.codex_report)

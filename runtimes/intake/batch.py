@@ -10,12 +10,17 @@ the single-threaded path (a test, a command) is the same code.
 
 Nothing is written by a thread other than a request's, and nothing outlives the requests: a
 report is answered only after its batch committed (or with the error that batch failed with).
+What a batch leaves for after its commit (the notification step) the leader does once the batch's
+reports are answered and the lead is handed on, so it delays neither them nor the next batch.
 """
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
-from django.db import connection
+from django.db import connection, transaction
+
+logger = logging.getLogger(__name__)
 
 
 class BatchTimeout(Exception):
@@ -37,12 +42,30 @@ class _Waiting:
         return self.result
 
 
+@dataclass
+class Written:
+    """What `run_batch` may answer instead of a plain list: one result per item, and the steps to
+    run once those are answered (each a callable; its transaction has committed)."""
+
+    results: list
+    after: list = field(default_factory=list)
+
+
+def _run_after(steps):
+    for step in steps:
+        try:
+            step()
+        except Exception:  # as Django's robust on_commit: the batch is written, whatever a step does
+            logger.exception("a step after a report batch failed")
+
+
 class GroupCommit:
     """`submit(item)` returns `run_batch([...])`'s result for `item`, or raises its error.
 
     `run_batch(items)` gets items of distinct `key(item)` and returns one result per item, in
-    order; a result that is an exception is raised in that item's thread. If `run_batch` raises,
-    every item of the batch gets that error."""
+    order (a list, or a Written with the steps for after its commit); a result that is an
+    exception is raised in that item's thread. If `run_batch` raises, every item of the batch
+    gets that error."""
 
     def __init__(self, run_batch, key, limit=200, wait=30.0):
         self.run_batch = run_batch
@@ -57,9 +80,11 @@ class GroupCommit:
         if connection.in_atomic_block:
             # Inside the caller's transaction: others' reports must not ride on a commit that may
             # never come (nor wait on locks this transaction holds). Written alone, here.
-            result = self._run_one(item)
+            result, after = self._run_one(item)
             if isinstance(result, BaseException):
                 raise result
+            for step in after:
+                transaction.on_commit(step, robust=True)
             return result
         me = _Waiting(item, self.key(item))
         with self._lock:
@@ -87,11 +112,12 @@ class GroupCommit:
         return batch
 
     def _lead_until_written(self, me):
+        after = []
         try:
             while not me.written:
                 with self._lock:
                     batch = self._take()
-                self._write(batch)
+                after += self._write(batch)
         finally:
             with self._lock:
                 successor = next((waiting for waiting in self._queue if not waiting.wake.is_set()), None)
@@ -99,34 +125,45 @@ class GroupCommit:
                     self._leading = False
                 else:
                     successor.wake.set()  # still queued and not written: it leads from here
+        _run_after(after)
 
     def _write(self, batch):
+        """Write one batch and answer its reports; return its steps for after the commit."""
         try:
-            results = self._run(batch)
+            results, after = self._run(batch)
         except BaseException as error:  # an interrupt: no report of the batch may wait forever
             self._settle(batch, [error] * len(batch))
             raise
         self._settle(batch, results)
+        return after
 
     def _run(self, batch):
-        """run_batch's results; when a batch of several fails, each report is tried alone, so
-        one report the database refuses fails only its own request."""
+        """run_batch's results and after-steps; when a batch of several fails, each report is tried
+        alone, so one report the database refuses fails only its own request."""
         items = [waiting.item for waiting in batch]
         try:
-            results = self.run_batch(items)
+            results, after = self._answer(self.run_batch(items))
         except Exception as error:
             if len(items) == 1:
-                return [error]
-            return [self._run_one(item) for item in items]
+                return [error], []
+            alone = [self._run_one(item) for item in items]
+            return [result for result, _ in alone], [step for _, steps in alone for step in steps]
         if len(results) != len(items):
             raise RuntimeError(f"run_batch answered {len(results)} results for {len(items)} items")
-        return results
+        return results, after
 
     def _run_one(self, item):
         try:
-            return self.run_batch([item])[0]
+            results, after = self._answer(self.run_batch([item]))
+            return results[0], after
         except Exception as error:
-            return error
+            return error, []
+
+    @staticmethod
+    def _answer(answer):
+        if isinstance(answer, Written):
+            return answer.results, answer.after
+        return answer, []
 
     @staticmethod
     def _settle(batch, results):

@@ -13,7 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from runtimes import ledger, liveness, observe
-from runtimes.intake import batch
+from runtimes.intake import batch, tokens
 from runtimes.models import (
     FINAL_CLASSES,
     MISSING_CLASSES,
@@ -82,10 +82,10 @@ class Report:
     signal: object  # runtimes.intake.hooks.Signal
     source: str
     now: object  # datetime: when it arrived
-    may_write: object = None  # a check of the runtime (the API token's scope); None: any
+    token: object = None  # the API token it came with (checked live, and its scope); None: trusted
 
 
-def record_signal(runtime_id, signal, source, now=None, may_write=None):
+def record_signal(runtime_id, signal, source, now=None, token=None):
     """Take one read report (runtimes.intake.hooks.Signal) from a runtime's worker.
 
     Stores the report (forward only: an older report never overwrites a newer one), classifies
@@ -93,9 +93,9 @@ def record_signal(runtime_id, signal, source, now=None, may_write=None):
     the reports other threads are sending at the same moment (runtimes.intake.batch). A report
     that ends the turn or session also lets this host probe the worker at once, so a run that is
     over is harvested without waiting for the next pass. Repeating a report changes nothing.
-    The Result holds the runtime as written; an unknown runtime is a 404 IntakeError, one that
-    `may_write` refuses a 403."""
-    report = Report(runtime_id, signal, source, now or timezone.now(), may_write)
+    The Result holds the runtime as written; a `token` no longer live is a 401 IntakeError, an
+    unknown runtime a 404, one outside the token's scope a 403."""
+    report = Report(runtime_id, signal, source, now or timezone.now(), token)
     result = REPORTS.submit(report)
     if signal.ends_run:
         result.transitions += harvest_if_over(result.runtime, report.now, source)
@@ -106,12 +106,15 @@ def record_signal(runtime_id, signal, source, now=None, may_write=None):
 def record_reports(reports):
     """Record reports of distinct runtimes in one transaction: read their rows (and tickets) under
     lock, so each is classified from its state as of now, store the reports, and ledger every
-    change in one ledger.apply. Returns one Result per report, in order, or the IntakeError of a
-    report whose runtime is unknown (404) or out of its sender's scope (403)."""
+    change in one ledger.apply. Returns a batch.Written: one Result per report, in order, or the
+    IntakeError of a report whose token was revoked (401), whose runtime is unknown (404) or out
+    of its sender's scope (403); and the ledger's steps for after the commit."""
     # The batch's moment: never before any of its reports, nor before an earlier batch's.
     now = max(timezone.now(), *(report.now for report in reports))
-    results, stored, transitions = [], {}, []
+    results, stored, transitions, after = [], {}, [], []
+    sent_with = [report.token for report in reports if report.token is not None]
     with transaction.atomic():
+        alive = tokens.live(sent_with) if sent_with else set()
         # Locked in primary-key order, so two batches (two processes) never lock in opposite orders.
         rows = Runtime.objects.select_related("ticket").filter(pk__in=[r.runtime_id for r in reports]).order_by("pk")
         if connection.features.has_select_for_update:
@@ -119,10 +122,13 @@ def record_reports(reports):
         fresh = {runtime.pk: runtime for runtime in rows}
         for report in reports:
             runtime = fresh.get(report.runtime_id)
+            if report.token is not None and report.token.pk not in alive:
+                results.append(IntakeError(tokens.UNAUTHORIZED, status=401))
+                continue
             if runtime is None:
                 results.append(IntakeError(f"no runtime {report.runtime_id}", status=404))
                 continue
-            if report.may_write is not None and not report.may_write(runtime):
+            if report.token is not None and not tokens.may_write(report.token, runtime):
                 results.append(IntakeError(f"this token may not report for runtime {runtime.pk}", status=403))
                 continue
             results.append(Result(runtime))
@@ -132,20 +138,27 @@ def record_reports(reports):
             updates = _report_changes(runtime, signal, report.now)
             for name, value in updates.items():
                 setattr(runtime, name, value)
-            stored.setdefault(tuple(updates), []).append(runtime)
             observation = liveness.Observation(
                 report=liveness.Report(signal.reason, report.now, runtime.resumes_at), probed=False
             )
             transition = _transition(runtime, observation, report.now, report.source, signal.observed)
-            if transition is not None:
+            if transition is None:
+                stored.setdefault(tuple(updates), []).append(runtime)
+            else:  # the report's fields are written with the class, in the ledger's one UPDATE
+                transition.updates.update(updates)
                 transitions.append((results[-1], transition))
         for fields, runtimes in stored.items():
             ledger.write_rows(runtimes, fields)
-        written = {id(t) for t in ledger.apply([t for _, t in transitions], now, settings.CONTROLROOM_HOST)}
+        # The rows were read under lock above: every transition is written.
+        written = ledger.apply(
+            [t for _, t in transitions], now, settings.CONTROLROOM_HOST, locked=True, after_commit=after
+        )
+        written = {id(t) for t in written}
     for result, transition in transitions:
         if id(transition) in written:
             result.transitions.append(transition)
-    return results
+    # The notification step runs once the batch's reports are answered (runtimes.intake.batch).
+    return batch.Written(results, after)
 
 
 # One group commit per process: reports arriving together are written in one transaction.
