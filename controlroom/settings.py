@@ -126,7 +126,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
-# Keep each thread's database connection between requests (gunicorn's threads live on; checked
+# Keep each thread's database connection between requests (a threaded server's threads live on; checked
 # before reuse). 0 closes it after every request, Django's default.
 DATABASES["default"]["CONN_MAX_AGE"] = env_number("CONN_MAX_AGE", 0, int)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

@@ -1,8 +1,8 @@
 """The ingest benchmark: a program, not a test. Ratios are measured against a baseline in the same run.
 
 On a throwaway database (Django's test-database machinery) it starts Control Room as one server
-process — gunicorn, one worker process with `--threads` threads (the production server the README
-names), DEBUG off, persistent database connections — and posts Claude hook reports to
+process — granian, one WSGI worker process with `--threads` threads (the production server the
+README names), DEBUG off, persistent database connections — and posts Claude hook reports to
 /api/v1/runtimes/{id}/claude-hook, each one a class change (a permission prompt, then a sign of
 work, for each runtime in turn), so each report is one committed ledger row. Two runs: one client
 sending one report after another, then `--clients` clients at once, each over its own keep-alive
@@ -79,8 +79,9 @@ def start_server(port, threads):
         "LOG_LEVEL": "WARNING", "CONN_MAX_AGE": "60",
     }  # fmt: skip
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "controlroom.wsgi", "--workers", "1", "--worker-class", "gthread",
-         "--threads", str(threads), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+        [str(Path(sys.executable).with_name("granian")), "--interface", "wsgi", "controlroom.wsgi:application",
+         "--workers", "1", "--blocking-threads", str(threads), "--host", "127.0.0.1", "--port", str(port),
+         "--no-ws", "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 60
@@ -97,7 +98,7 @@ def start_server(port, threads):
 
 
 def server_cpu(server):
-    """CPU seconds (user + system) the server has used: gunicorn's master and its worker. Unlike
+    """CPU seconds (user + system) the server has used: granian's main process and its worker. Unlike
     wall time, this hardly moves when other work shares the machine."""
     processes = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
     return sum(sum(p.cpu_times()[:2]) for p in processes)
