@@ -10,7 +10,7 @@ import pytest
 
 from runtimes.intake import tokens
 from runtimes.intake.batch import BatchTimeout, GroupCommit, Written
-from runtimes.models import LivenessEvent, RuntimeClass
+from runtimes.models import LivenessEvent, Runtime, RuntimeClass
 from tests.conftest import make_runtime, make_ticket, wait_for
 
 
@@ -219,3 +219,34 @@ def test_concurrent_reports_over_http_are_each_ledgered_once_in_order(live_serve
         chain = list(runtime.events.order_by("at", "pk").values_list("from_class", "to_class"))
         assert chain == [("tmux-live", "waiting-input"), ("waiting-input", "tmux-live")] * 5
         assert all(source == LivenessEvent.Source.HOOK for source in runtime.events.values_list("source", flat=True))
+
+
+@pytest.mark.django_db
+def test_the_ledgers_many_row_writes_store_every_value_nulls_datetimes_and_json_included():
+    from django.utils import timezone
+
+    from runtimes import ledger
+
+    ticket = make_ticket()
+    rows = [make_runtime(ticket=ticket, exit_code=5) for _ in range(3)]
+    at = timezone.now()
+    for n, runtime in enumerate(rows):  # a column of nulls alone, a mixed column, a datetime, text
+        runtime.exit_code, runtime.exit_signal = None, (9 if n == 1 else None)
+        runtime.ended_at, runtime.class_message = at, f"ended 'quoted' #{n}"
+    ledger.write_rows(rows, ("exit_code", "exit_signal", "ended_at", "class_message"))
+    stored = {r.pk: (r.exit_code, r.exit_signal, r.ended_at, r.class_message) for r in Runtime.objects.all()}
+    assert stored == {r.pk: (None, 9 if n == 1 else None, at, f"ended 'quoted' #{n}") for n, r in enumerate(rows)}
+
+    events = [
+        LivenessEvent(runtime=r, at=at, from_class="", to_class=RuntimeClass.EXITED, reason="exit-status",
+                      message="m", source="api", host="h", observed={"n": n, "tail": "a\nb"})
+        for n, r in enumerate(rows)
+    ]  # fmt: skip
+    ledger.insert_rows(LivenessEvent, events, ledger.EVENT_FIELDS)
+    assert sorted(LivenessEvent.objects.values_list("runtime_id", "observed")) == [
+        (r.pk, {"n": n, "tail": "a\nb"}) for n, r in enumerate(rows)
+    ]
+    many = [LivenessEvent(runtime=rows[0], at=at, to_class="exited", reason="exit-status", source="api",
+                          observed={"n": n}) for n in range(250)]  # fmt: skip
+    ledger.insert_rows(LivenessEvent, many, ledger.EVENT_FIELDS)  # more than one INSERT's parameters on SQLite
+    assert sorted(n for (n,) in rows[0].events.filter(message="").values_list("observed__n")) == list(range(250))
