@@ -180,7 +180,7 @@ def _writable_runtime(request, runtime_id):
     """The runtime the token may report for: 404 unknown, 403 out of its scope."""
     runtime = get_object_or_404(Runtime.objects.select_related("ticket"), pk=runtime_id)
     if not tokens.may_write(request.auth, runtime):
-        raise HttpError(403, f"this token may not report for runtime {runtime_id}")
+        raise HttpError(403, tokens.out_of_scope(runtime_id))
     return runtime
 
 

@@ -129,7 +129,7 @@ def record_reports(reports):
                 results.append(IntakeError(f"no runtime {report.runtime_id}", status=404))
                 continue
             if report.token is not None and not tokens.may_write(report.token, runtime):
-                results.append(IntakeError(f"this token may not report for runtime {runtime.pk}", status=403))
+                results.append(IntakeError(tokens.out_of_scope(runtime.pk), status=403))
                 continue
             results.append(Result(runtime))
             signal = report.signal

@@ -131,6 +131,11 @@ def may_write(token, runtime):
     return not token.host or token.host == runtime.host
 
 
+def out_of_scope(runtime_id):
+    """The 403 message for a runtime outside a token's scope."""
+    return f"this token may not report for runtime {runtime_id}"
+
+
 def may_write_host(token, host):
     return token.runtime_id is None and (not token.host or token.host == host)
 
