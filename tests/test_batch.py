@@ -67,7 +67,7 @@ def test_a_batchs_after_commit_steps_run_once_its_reports_are_answered_and_the_l
 
         return Written([f"done {n}" for _, n in items], after=[notify, lambda: 1 / 0])
 
-    group = GroupCommit(run_batch, key=lambda item: item[0])
+    group = GroupCommit(run_batch, key=lambda item: item[0], steps_beside_next=True)  # as on PostgreSQL
     leader = ThreadPoolExecutor(1).submit(group.submit, ("a", 0))
     assert answered.wait(10)  # the leader is in its after-steps: its batch was answered, the lead is free
     assert events == [("after", [0], False)]
@@ -76,6 +76,30 @@ def test_a_batchs_after_commit_steps_run_once_its_reports_are_answered_and_the_l
     release.set()
     assert follower.result(10) == "done 1" and leader.result(10) == "done 0"  # a failing step fails no report
     assert events == [("after", [0], False), ("after", [1], False)]
+
+
+def test_with_one_writer_at_a_time_the_after_commit_steps_run_before_the_next_batch():
+    order, in_step, release = [], threading.Event(), threading.Event()
+
+    def run_batch(items):
+        order.append(("batch", [n for _, n in items]))
+
+        def step():
+            order.append(("after", [n for _, n in items]))
+            in_step.set()
+            assert release.wait(10)
+
+        return Written([f"done {n}" for _, n in items], after=[step])
+
+    group = GroupCommit(run_batch, key=lambda item: item[0], steps_beside_next=False)  # as on SQLite
+    leader = ThreadPoolExecutor(1).submit(group.submit, ("a", 0))
+    assert in_step.wait(10) and group._leading  # the step runs while the lead is still held
+    follower = ThreadPoolExecutor(1).submit(group.submit, ("b", 1))
+    assert wait_for(lambda: len(group._queue) == 1)  # the next report waits for the step to end
+    assert order == [("batch", [0]), ("after", [0])]
+    release.set()
+    assert leader.result(10) == "done 0" and follower.result(10) == "done 1"
+    assert order == [("batch", [0]), ("after", [0]), ("batch", [1]), ("after", [1])]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -11,7 +11,10 @@ the single-threaded path (a test, a command) is the same code.
 Nothing is written by a thread other than a request's, and nothing outlives the requests: a
 report is answered only after its batch committed (or with the error that batch failed with).
 What a batch leaves for after its commit (the notification step) the leader does once the batch's
-reports are answered and the lead is handed on, so it delays neither them nor the next batch.
+reports are answered and — where the database takes writers together (PostgreSQL) — the lead is
+handed on, so it delays neither them nor the next batch. SQLite takes one writer at a time: there
+the step would only queue for the lock beside the next batch (and sleep in its busy wait), so it
+runs before the lead is handed on.
 """
 
 import logging
@@ -67,11 +70,14 @@ class GroupCommit:
     exception is raised in that item's thread. If `run_batch` raises, every item of the batch
     gets that error."""
 
-    def __init__(self, run_batch, key, limit=200, wait=30.0):
+    def __init__(self, run_batch, key, limit=200, wait=30.0, steps_beside_next=None):
         self.run_batch = run_batch
         self.key = key
         self.limit = limit
         self.wait = wait
+        # Whether the after-commit steps run beside the next batch (True) or before it (False);
+        # None: beside it where the database takes writers together.
+        self.steps_beside_next = steps_beside_next
         self._lock = threading.Lock()
         self._queue = []
         self._leading = False
@@ -101,6 +107,11 @@ class GroupCommit:
             self._lead_until_written(me)
         return me.outcome()
 
+    def _beside_next(self):
+        if self.steps_beside_next is not None:
+            return self.steps_beside_next
+        return connection.features.has_select_for_update  # False on SQLite: one writer at a time
+
     def _take(self):
         """The next batch: waiting reports in arrival order, one per key, at most `limit`."""
         batch, keys = [], set()
@@ -118,6 +129,9 @@ class GroupCommit:
                 with self._lock:
                     batch = self._take()
                 after += self._write(batch)
+            if not self._beside_next():
+                _run_after(after)
+                after = []
         finally:
             with self._lock:
                 successor = next((waiting for waiting in self._queue if not waiting.wake.is_set()), None)
