@@ -22,6 +22,8 @@ from tickets.models import Ticket, Verdict
 
 # What every transition writes; the further fields it sets (its `updates`, an `ended_at`) join them.
 CLASS_FIELDS = ("runtime_class", "class_reason", "class_message", "class_changed_at")
+# The most rows one INSERT carries (bulk_create's batch size here before).
+INSERT_ROWS = 500
 EVENT_FIELDS = ("runtime", "at", "from_class", "to_class", "reason", "message", "source", "host", "observed")
 
 
@@ -177,16 +179,17 @@ def write_rows(rows, fields):
 
 
 def insert_rows(model, rows, fields):
-    """Insert these rows (their primary keys are not read back): one multi-row INSERT per as many
-    rows as the database takes parameters for. Not bulk_create: its compiler prepares each value
-    through several layers, and was a third of a report batch's time."""
+    """Insert these rows (their primary keys are not read back): one multi-row INSERT per
+    INSERT_ROWS rows, or fewer where the database takes fewer parameters (SQLite). Not
+    bulk_create: its compiler prepares each value through several layers, and was a third of a
+    report batch's time."""
     if not rows:
         return
     quote = connection.ops.quote_name
     columns, values = _prepared(model, rows, fields)
     names = ", ".join(quote(column.column) for column in columns)
     row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    size = connection.ops.bulk_batch_size(columns, rows)
+    size = min(INSERT_ROWS, connection.ops.bulk_batch_size(columns, rows))
     with connection.cursor() as cursor:
         for start in range(0, len(values), size):
             chunk = values[start : start + size]

@@ -337,7 +337,7 @@ def test_a_report_token_is_taken_from_the_cache_yet_refused_the_moment_it_is_rev
         assert call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)[0] == 401
 
 
-def test_the_report_token_cache_is_bounded(monkeypatch):
+def test_the_report_token_cache_is_bounded():
     cache = tokens._Cache(size=3)
     for n in range(5):
         cache.put(f"hash-{n}", n)

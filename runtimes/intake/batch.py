@@ -12,9 +12,11 @@ Nothing is written by a thread other than a request's, and nothing outlives the 
 report is answered only after its batch committed (or with the error that batch failed with).
 What a batch leaves for after its commit (the notification step) the leader does once the batch's
 reports are answered and — where the database takes writers together (PostgreSQL) — the lead is
-handed on, so it delays neither them nor the next batch. SQLite takes one writer at a time: there
-the step would only queue for the lock beside the next batch (and sleep in its busy wait), so it
-runs before the lead is handed on.
+handed on, so it delays neither them nor the next batch. Those steps still run one at a time and
+in the order of their batches (a later batch's step never reads a runtime before an earlier one
+does): each leader queues its steps as it hands on the lead, and one thread at a time runs the
+queue. SQLite takes one writer at a time: there a step would only queue for the lock beside the
+next batch (and sleep in its busy wait), so it runs before the lead is handed on.
 """
 
 import logging
@@ -81,6 +83,8 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._queue = []
         self._leading = False
+        self._steps = []  # after-commit steps waiting, in batch order
+        self._stepping = False  # a thread is running them
 
     def submit(self, item):
         if connection.in_atomic_block:
@@ -123,23 +127,42 @@ class GroupCommit:
         return batch
 
     def _lead_until_written(self, me):
-        after = []
+        after, stepper = [], False
         try:
             while not me.written:
                 with self._lock:
                     batch = self._take()
                 after += self._write(batch)
-            if not self._beside_next():
+            if not self._beside_next():  # one writer at a time: before the next batch, while we lead
                 _run_after(after)
                 after = []
-        finally:
+        finally:  # also when a batch failed: the steps of the batches written before it still run
             with self._lock:
+                self._steps += after  # leads end one at a time, so the steps queue in batch order
+                stepper = bool(self._steps) and not self._stepping
+                self._stepping = self._stepping or stepper
                 successor = next((waiting for waiting in self._queue if not waiting.wake.is_set()), None)
                 if successor is None:
                     self._leading = False
                 else:
                     successor.wake.set()  # still queued and not written: it leads from here
-        _run_after(after)
+            if stepper:
+                self._run_steps()
+
+    def _run_steps(self):
+        """Run the queued after-commit steps, in order, until none is left."""
+        try:
+            while True:
+                with self._lock:
+                    steps, self._steps = self._steps, []
+                    if not steps:
+                        self._stepping = False
+                        return
+                _run_after(steps)
+        except BaseException:  # an interrupt: the next leader runs what is left
+            with self._lock:
+                self._stepping = False
+            raise
 
     def _write(self, batch):
         """Write one batch and answer its reports; return its steps for after the commit."""

@@ -53,7 +53,8 @@ def _touch(row, now):
     """Refresh last_used_at, at most once a minute."""
     now = now or timezone.now()
     if row.last_used_at is None or row.last_used_at < now - TOUCH_EVERY:
-        ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
+        # Not once revoked: a cached token may have been, which its batch will find.
+        ApiToken.objects.filter(pk=row.pk, revoked_at__isnull=True).update(last_used_at=now)
         row.last_used_at = now
 
 
