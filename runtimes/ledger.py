@@ -147,7 +147,7 @@ class _OnCommit:
 
 
 def _update_rows(written):
-    """Save each row's written fields: one UPDATE per set of fields (runtime, fields) pairs share."""
+    """Save each (runtime, fields) pair's fields: rows that write the same fields share one write_rows."""
     groups = {}
     for runtime, fields in written:
         groups.setdefault(fields, []).append(runtime)
@@ -172,7 +172,7 @@ def write_rows(rows, fields):
     quote = connection.ops.quote_name
     columns, values = _prepared(Runtime, rows, fields)
     assignments = ", ".join(f"{quote(column.column)} = %s" for column in columns)
-    # Names come from the model (get_field refuses any other), values are parameters.
+    # Names come from the model (_prepared), values are parameters.
     sql = f"UPDATE {quote(Runtime._meta.db_table)} SET {assignments} WHERE {quote(Runtime._meta.pk.column)} = %s"  # noqa: S608
     with connection.cursor() as cursor:
         cursor.executemany(sql, [row_values + [row.pk] for row_values, row in zip(values, rows, strict=True)])

@@ -125,9 +125,14 @@ class Ticket(models.Model):
         """The condition "a worker should be running": in progress or in review, not an umbrella."""
         return Q(**{f"{prefix}state__in": Ticket.WORKING_STATES}) & ~Q(**{f"{prefix}kind": Ticket.Kind.UMBRELLA})
 
+    @staticmethod
+    def worker_expected(state, kind):
+        """expects_worker for a ticket's state and kind read without the ticket (a values() row)."""
+        return state in Ticket.WORKING_STATES and kind != Ticket.Kind.UMBRELLA
+
     @property
     def expects_worker(self):
-        return self.state in self.WORKING_STATES and self.kind != self.Kind.UMBRELLA
+        return self.worker_expected(self.state, self.kind)
 
     @property
     def is_closed(self):

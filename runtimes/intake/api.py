@@ -53,7 +53,7 @@ class ReportTokenAuth(TokenAuth):
     checks it is still live, in one query for the batch (runtimes.intake.tokens)."""
 
     def authenticate(self, request, token):
-        return tokens.resolve_for_report(token)
+        return tokens.resolve(token, cached=True)
 
 
 api = NinjaAPI(

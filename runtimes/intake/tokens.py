@@ -58,14 +58,22 @@ def _touch(row, now):
         row.last_used_at = now
 
 
-def resolve(token, now=None):
-    """The live ApiToken for a bearer token, or None (unknown or revoked). One query, plus an
-    occasional last_used_at refresh."""
+def resolve(token, now=None, cached=False):
+    """The live ApiToken for a bearer token, or None (unknown or revoked): one query, plus an
+    occasional last_used_at refresh. `cached` (the report endpoints): from the per-process cache
+    when it was live before, no query; the caller must then check it is still live where it
+    writes (`live`)."""
     if not _well_formed(token):
         return None
-    row = _lookup(hash_token(token))
-    if row is not None:
-        _touch(row, now)
+    key = hash_token(token)
+    row = CACHE.get(key) if cached else None
+    if row is None:
+        row = _lookup(key)
+        if row is None:
+            return None
+        if cached:
+            CACHE.put(key, row)
+    _touch(row, now)
     return row
 
 
@@ -97,22 +105,6 @@ class _Cache:
 
 
 CACHE = _Cache(CACHE_SIZE)
-
-
-def resolve_for_report(token, now=None):
-    """The ApiToken for a bearer token, from the cache when it was live before (no query), else as
-    `resolve`. The caller must check it is still live where it writes (`live`)."""
-    if not _well_formed(token):
-        return None
-    key = hash_token(token)
-    row = CACHE.get(key)
-    if row is None:
-        row = _lookup(key)
-        if row is None:
-            return None
-        CACHE.put(key, row)
-    _touch(row, now)
-    return row
 
 
 def live(rows):

@@ -86,7 +86,7 @@ def attention_rows(runtime_ids, now):
     episodes_of = {runtime_id: episode for runtime_id, *episode in unfinished}
     policy = observe.policy_from_settings()
     for pk, row in rows.items():
-        expects_worker = row["ticket__state"] in Ticket.WORKING_STATES and row["ticket__kind"] != Ticket.Kind.UMBRELLA
+        expects_worker = Ticket.worker_expected(row["ticket__state"], row["ticket__kind"])
         row["attention"] = observe.stored_attention(row, expects_worker, now, policy)
         row["settled"] = row["runtime_class"] in FINAL_CLASSES or not expects_worker
         row["episode_id"], row["episode_state"], row["episode_closed_at"] = episodes_of.get(pk, (None, None, None))
