@@ -11,7 +11,7 @@ from datetime import timedelta
 import psutil
 import pytest
 from django.core.management import call_command
-from django.db import OperationalError
+from django.db import DataError, OperationalError
 from django.utils import timezone
 
 from runtimes import reconcile
@@ -394,4 +394,19 @@ def test_a_report_the_database_refuses_is_a_clear_503_that_wrote_nothing(live_se
     status, answer = call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)
     assert status == 503 and "nothing was written" in answer["error"]
     assert "could not connect" not in answer["error"]  # the details go to the log, not to the reporter
+    assert not runtime.events.exists()
+
+
+def test_a_report_the_database_refuses_for_itself_is_a_500_that_does_not_ask_to_send_it_again(live_server, monkeypatch):
+    runtime = make_runtime(runtime_class=RuntimeClass.TMUX_LIVE)
+    _, token = tokens.mint("bad-value")
+
+    def refused(items):
+        raise DataError("invalid input syntax for type json")
+
+    monkeypatch.setattr(reports, "REPORTS", batch.GroupCommit(refused, key=reports.REPORTS.key))
+    hook = claude_input("Notification", notification_type="permission_prompt")
+    status, answer = call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)
+    assert status == 500 and "nothing was written" in answer["error"] and "send it again" not in answer["error"]
+    assert "invalid input" not in answer["error"]
     assert not runtime.events.exists()

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.db.models import BooleanField, ExpressionWrapper
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -92,9 +92,12 @@ def _invalid(request, exc):
 
 @api.exception_handler(DatabaseError)
 def _database_error(request, exc):
-    # The reporter gets a clear answer it can act on (send again); the operator gets the traceback in the log.
+    # The reporter gets a clear answer it can act on; the operator gets the traceback in the log.
     logger.exception("API %s %s: the database refused it", request.method, request.path)
-    return _error(request, 503, "the database could not take this request; nothing was written: send it again")
+    if isinstance(exc, OperationalError | InterfaceError):  # unreachable, restarting, busy: a moment later may do
+        return _error(request, 503, "the database could not take this request; nothing was written: send it again")
+    # A refusal of this request itself (a value, a constraint): sending it again would be refused again.
+    return _error(request, 500, "the database refused this request; nothing was written (the server log says why)")
 
 
 @api.exception_handler(batch.BatchTimeout)
