@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import connection, transaction
 
+from runtimes import plainsql
 from runtimes.models import FINAL_CLASSES, ExitOutcome, LivenessEvent, Reason, Runtime, RuntimeClass
 from runtimes.notify import service as notify
 from runtimes.text import safe_text
@@ -22,8 +23,6 @@ from tickets.models import Ticket, Verdict
 
 # What every transition writes; the further fields it sets (its `updates`, an `ended_at`) join them.
 CLASS_FIELDS = ("runtime_class", "class_reason", "class_message", "class_changed_at")
-# The most rows one INSERT carries (bulk_create's batch size here before).
-INSERT_ROWS = 500
 EVENT_FIELDS = ("runtime", "at", "from_class", "to_class", "reason", "message", "source", "host", "observed")
 
 
@@ -119,7 +118,7 @@ def apply(transitions, now, host, wait=False, locked=False, after_commit=None):
                 fields.append("ended_at")
             written.append((runtime, tuple(dict.fromkeys(fields))))
         _update_rows(written)
-        insert_rows(LivenessEvent, events, EVENT_FIELDS)
+        plainsql.insert_rows(LivenessEvent, events, EVENT_FIELDS)
         _record_verdicts(accepted, now)
         _apply_ticket_effects(accepted, now)
         # Notifications leave only once this transaction has committed, and never fail it.
@@ -152,49 +151,7 @@ def _update_rows(written):
     for runtime, fields in written:
         groups.setdefault(fields, []).append(runtime)
     for fields, rows in groups.items():
-        write_rows(rows, fields)
-
-
-def _prepared(model, rows, fields):
-    """The columns of these fields, and each row's values for them, ready for the database."""
-    columns = [model._meta.get_field(name) for name in fields]  # get_field refuses any other name
-    values = [[column.get_db_prep_save(getattr(row, column.attname), connection) for column in columns] for row in rows]
-    return columns, values
-
-
-def write_rows(rows, fields):
-    """Save these fields of these runtimes: one plain UPDATE for one row (a report, a stop), one
-    parametrized UPDATE executed for every row for more. Not bulk_update: its CASE WHEN per row
-    and field is compiled expression by expression, and took most of a batch's time."""
-    if len(rows) == 1:
-        Runtime.objects.filter(pk=rows[0].pk).update(**{name: getattr(rows[0], name) for name in fields})
-        return
-    quote = connection.ops.quote_name
-    columns, values = _prepared(Runtime, rows, fields)
-    assignments = ", ".join(f"{quote(column.column)} = %s" for column in columns)
-    # Names come from the model (_prepared), values are parameters.
-    sql = f"UPDATE {quote(Runtime._meta.db_table)} SET {assignments} WHERE {quote(Runtime._meta.pk.column)} = %s"  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, [row_values + [row.pk] for row_values, row in zip(values, rows, strict=True)])
-
-
-def insert_rows(model, rows, fields):
-    """Insert these rows (their primary keys are not read back): one multi-row INSERT per
-    INSERT_ROWS rows, or fewer where the database takes fewer parameters (SQLite). Not
-    bulk_create: its compiler prepares each value through several layers, and was a third of a
-    report batch's time."""
-    if not rows:
-        return
-    quote = connection.ops.quote_name
-    columns, values = _prepared(model, rows, fields)
-    names = ", ".join(quote(column.column) for column in columns)
-    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    size = min(INSERT_ROWS, connection.ops.bulk_batch_size(columns, rows))
-    with connection.cursor() as cursor:
-        for start in range(0, len(values), size):
-            chunk = values[start : start + size]
-            sql = f"INSERT INTO {quote(model._meta.db_table)} ({names}) VALUES {', '.join([row_sql] * len(chunk))}"  # noqa: S608
-            cursor.execute(sql, [value for row_values in chunk for value in row_values])
+        plainsql.write_rows(rows, fields)
 
 
 def _after_pauses(runtime_ids):

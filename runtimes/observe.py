@@ -27,14 +27,20 @@ def policy_from_settings():
     )
 
 
+def ticket_expects(runtime):
+    """Whether the runtime's ticket expects a worker: as annotated or read beside the row
+    (`ticket_expects`), else from its ticket (a query when the ticket is not loaded)."""
+    if hasattr(runtime, "ticket_expects"):
+        return runtime.ticket_expects
+    return runtime.ticket.expects_worker
+
+
 def facts_of(runtime):
     return liveness.RuntimeFacts(
         kind=runtime.kind,
         runtime_class=runtime.runtime_class,
         controller_action=runtime.controller_action,
-        ticket_expects_worker=(
-            runtime.ticket_expects if hasattr(runtime, "ticket_expects") else runtime.ticket.expects_worker
-        ),
+        ticket_expects_worker=ticket_expects(runtime),
         started_at=runtime.started_at,
         class_changed_at=runtime.class_changed_at,
         last_activity_at=runtime.last_activity_at,
@@ -65,9 +71,9 @@ def stored_attention(row, expects_worker, now, policy=None):
 
 
 def attention_of(runtime, now):
-    """stored_attention for a loaded Runtime (its ticket loaded or fetched)."""
+    """stored_attention for a loaded Runtime (see ticket_expects)."""
     fields = ("runtime_class", "class_reason", "class_changed_at", "exit_outcome", "resumes_at")
-    return stored_attention({name: getattr(runtime, name) for name in fields}, runtime.ticket.expects_worker, now)
+    return stored_attention({name: getattr(runtime, name) for name in fields}, ticket_expects(runtime), now)
 
 
 @dataclass

@@ -248,10 +248,10 @@ def test_concurrent_reports_over_http_are_each_ledgered_once_in_order(live_serve
 
 
 @pytest.mark.django_db
-def test_the_ledgers_many_row_writes_store_every_value_nulls_datetimes_and_json_included():
+def test_plain_many_row_writes_store_every_value_nulls_datetimes_and_json_included():
     from django.utils import timezone
 
-    from runtimes import ledger
+    from runtimes import ledger, plainsql
 
     ticket = make_ticket()
     rows = [make_runtime(ticket=ticket, exit_code=5) for _ in range(3)]
@@ -259,7 +259,7 @@ def test_the_ledgers_many_row_writes_store_every_value_nulls_datetimes_and_json_
     for n, runtime in enumerate(rows):  # a column of nulls alone, a mixed column, a datetime, text
         runtime.exit_code, runtime.exit_signal = None, (9 if n == 1 else None)
         runtime.ended_at, runtime.class_message = at, f"ended 'quoted' #{n}"
-    ledger.write_rows(rows, ("exit_code", "exit_signal", "ended_at", "class_message"))
+    plainsql.write_rows(rows, ("exit_code", "exit_signal", "ended_at", "class_message"))
     stored = {r.pk: (r.exit_code, r.exit_signal, r.ended_at, r.class_message) for r in Runtime.objects.all()}
     assert stored == {r.pk: (None, 9 if n == 1 else None, at, f"ended 'quoted' #{n}") for n, r in enumerate(rows)}
 
@@ -268,11 +268,11 @@ def test_the_ledgers_many_row_writes_store_every_value_nulls_datetimes_and_json_
                       message="m", source="api", host="h", observed={"n": n, "tail": "a\nb"})
         for n, r in enumerate(rows)
     ]  # fmt: skip
-    ledger.insert_rows(LivenessEvent, events, ledger.EVENT_FIELDS)
+    plainsql.insert_rows(LivenessEvent, events, ledger.EVENT_FIELDS)
     assert sorted(LivenessEvent.objects.values_list("runtime_id", "observed")) == [
         (r.pk, {"n": n, "tail": "a\nb"}) for n, r in enumerate(rows)
     ]
     many = [LivenessEvent(runtime=rows[0], at=at, to_class="exited", reason="exit-status", source="api",
                           observed={"n": n}) for n in range(1100)]  # fmt: skip
-    ledger.insert_rows(LivenessEvent, many, ledger.EVENT_FIELDS)  # several INSERTs: more than INSERT_ROWS rows
+    plainsql.insert_rows(LivenessEvent, many, ledger.EVENT_FIELDS)  # several INSERTs: more than INSERT_ROWS rows
     assert sorted(n for (n,) in rows[0].events.filter(message="").values_list("observed__n")) == list(range(1100))

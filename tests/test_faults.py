@@ -16,7 +16,7 @@ import psutil
 import pytest
 from django.db import OperationalError, connections
 
-from runtimes import ledger
+from runtimes import ledger, plainsql
 from runtimes.models import LivenessEvent, Runtime
 from runtimes.probes import processes as process_probe
 from runtimes.reconcile import reconcile
@@ -93,7 +93,7 @@ def test_a_database_failure_mid_write_commits_nothing_and_the_next_pass_catches_
     def failing_insert(model, rows, fields):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(ledger, "insert_rows", failing_insert)  # the ledger rows' INSERT
+    monkeypatch.setattr(plainsql, "insert_rows", failing_insert)  # the ledger rows' INSERT
     with pytest.raises(OperationalError):
         reconcile()  # the runtimes were already updated in the same transaction
     assert [refreshed(r).runtime_class for r in runtimes] == ["pending"] * 3

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from runtimes import ledger, liveness, observe
+from runtimes import ledger, liveness, observe, plainsql
 from runtimes.intake import batch, tokens
 from runtimes.models import (
     FINAL_CLASSES,
@@ -103,6 +103,10 @@ def record_signal(runtime_id, signal, source, now=None, token=None):
     return result
 
 
+# What a batch reads of each runtime's ticket: whether it expects a worker.
+TICKET_FIELDS = ("ticket__state", "ticket__kind")
+
+
 def record_reports(reports):
     """Record reports of distinct runtimes in one transaction: read their rows (and tickets) under
     lock, so each is classified from its state as of now, store the reports, and ledger every
@@ -116,10 +120,11 @@ def record_reports(reports):
     with transaction.atomic():
         alive = tokens.live(sent_with) if sent_with else set()
         # Locked in primary-key order, so two batches (two processes) never lock in opposite orders.
-        rows = Runtime.objects.select_related("ticket").filter(pk__in=[r.runtime_id for r in reports]).order_by("pk")
-        if connection.features.has_select_for_update:
-            rows = rows.select_for_update(of=("self",))
-        fresh = {runtime.pk: runtime for runtime in rows}
+        locked = plainsql.instances(Runtime, [r.runtime_id for r in reports], TICKET_FIELDS, lock=True)
+        fresh = {}
+        for runtime, (state, kind) in locked:
+            runtime.ticket_expects = Ticket.worker_expected(state, kind)
+            fresh[runtime.pk] = runtime
         for report in reports:
             runtime = fresh.get(report.runtime_id)
             if report.token is not None and report.token.pk not in alive:
@@ -148,7 +153,7 @@ def record_reports(reports):
                 transition.updates.update(updates)
                 transitions.append((results[-1], transition))
         for fields, runtimes in stored.items():
-            ledger.write_rows(runtimes, fields)
+            plainsql.write_rows(runtimes, fields)
         # The rows were read under lock above: every transition is written.
         written = ledger.apply(
             [t for _, t in transitions], now, settings.CONTROLROOM_HOST, locked=True, after_commit=after

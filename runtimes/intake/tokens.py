@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from runtimes import plainsql
 from runtimes.models import ApiToken
 
 PREFIX = "crt_"
@@ -107,12 +108,15 @@ class _Cache:
 CACHE = _Cache(CACHE_SIZE)
 
 
+LIVE_READ = plainsql.Read(ApiToken, ("pk", "token_hash", "revoked_at"))
+
+
 def live(rows):
     """Which of these ApiTokens are still live (not revoked, not deleted), as a set of pks: one
     query. The dead ones leave the cache."""
     rows = {row.pk: row for row in rows}
-    found = ApiToken.objects.filter(pk__in=list(rows), revoked_at__isnull=True).values_list("pk", "token_hash")
-    alive = {pk for pk, token_hash in found if rows[pk].token_hash == token_hash}
+    found = plainsql.read(LIVE_READ, rows)
+    alive = {pk for pk, token_hash, revoked_at in found if revoked_at is None and rows[pk].token_hash == token_hash}
     CACHE.forget(row.token_hash for pk, row in rows.items() if pk not in alive)
     return alive
 

@@ -14,7 +14,7 @@ from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
-from runtimes import observe
+from runtimes import observe, plainsql
 from runtimes.models import FINAL_CLASSES, Reason, Runtime, RuntimeClass
 from runtimes.notify import episodes
 from runtimes.notify.models import AttentionEpisode, Delivery, NotificationChannel
@@ -68,6 +68,11 @@ def url_for(channel_key):
 ROW_FIELDS = (
     "pk", "exit_outcome", "resumes_at", "ticket__state", "ticket__kind", *RUNTIME_FIELDS,
 )  # fmt: skip
+ROWS_READ = plainsql.Read(Runtime, ROW_FIELDS)
+UNFINISHED_READ = plainsql.Read(
+    AttentionEpisode, ("runtime_id", "pk", "state", "closed_at"), key="runtime_id",
+    exclude=(("state", AttentionEpisode.State.CLOSED),),
+)  # fmt: skip
 
 
 def attention_rows(runtime_ids, now):
@@ -75,15 +80,8 @@ def attention_rows(runtime_ids, now):
     are settled, and their unfinished episode. Two plain indexed queries; the attention rule is the
     classifier's (runtimes.observe.stored_attention, which a test holds equal to
     Runtime.needs_attention_q), so no per-call SQL of that rule is compiled."""
-    if not runtime_ids:
-        return {}
-    rows = {row["pk"]: row for row in Runtime.objects.filter(pk__in=runtime_ids).values(*ROW_FIELDS).order_by()}
-    unfinished = (
-        AttentionEpisode.objects.filter(runtime_id__in=list(rows))
-        .exclude(state=AttentionEpisode.State.CLOSED)
-        .values_list("runtime_id", "pk", "state", "closed_at")
-    )
-    episodes_of = {runtime_id: episode for runtime_id, *episode in unfinished}
+    rows = {values[0]: dict(zip(ROW_FIELDS, values, strict=True)) for values in plainsql.read(ROWS_READ, runtime_ids)}
+    episodes_of = {runtime_id: episode for runtime_id, *episode in plainsql.read(UNFINISHED_READ, rows)}
     policy = observe.policy_from_settings()
     for pk, row in rows.items():
         expects_worker = Ticket.worker_expected(row["ticket__state"], row["ticket__kind"])
