@@ -93,3 +93,21 @@ def test_a_locked_read_holds_its_rows_until_the_transaction_ends():
             other.start()
             other.join(timeout=30)
     assert outcome == {runtime.pk: "locked", free.pk: [(free.pk,)]}
+
+
+@pytest.mark.django_db
+def test_an_update_changes_only_the_named_rows_that_still_hold_and_says_how_many(monkeypatch):
+    monkeypatch.setattr(plainsql, "READ_KEYS", 2)
+    at = timezone.now()
+    episodes = [
+        AttentionEpisode.objects.create(runtime=make_runtime(), runtime_class=RuntimeClass.STALLED, state=state)
+        for state in ("closing", "closing", "open", "closing", "closing")
+    ]
+    named = [e.pk for e in episodes[:4]]  # the last is not named; the third no longer holds
+    changes = {"state": "open", "closed_at": None, "end_class": ""}
+    changed = plainsql.update(AttentionEpisode, named, changes, where={"state": "closing"}, increments={"flaps": 2})
+    assert changed == 3
+    stored = {e.pk: (e.state, e.flaps) for e in AttentionEpisode.objects.all()}
+    assert [stored[e.pk] for e in episodes] == [("open", 2), ("open", 2), ("open", 0), ("open", 2), ("closing", 0)]
+    assert plainsql.update(AttentionEpisode, [episodes[4].pk], {"state": "closing", "closed_at": at}) == 1
+    assert AttentionEpisode.objects.get(pk=episodes[4].pk).closed_at == at

@@ -150,11 +150,13 @@ def _apply_silent(steps, rows, now):
         end_class = rows[step.runtime_id]["runtime_class"] if step.action == episodes.HOLD else ""
         groups.setdefault((step.action, step.from_state, end_class), []).append(step.episode_id)
     for (action, from_state, end_class), episode_ids in groups.items():
-        current = AttentionEpisode.objects.filter(pk__in=episode_ids, state=from_state)
+        unchanged = {"state": from_state}
         if action == episodes.REOPEN:
-            current.update(state=State.OPEN, closed_at=None, end_class="", flaps=F("flaps") + 1)
+            changes = {"state": State.OPEN, "closed_at": None, "end_class": ""}
+            plainsql.update(AttentionEpisode, episode_ids, changes, where=unchanged, increments={"flaps": 1})
         else:
-            current.update(state=State.CLOSING, closed_at=now, end_class=end_class)
+            changes = {"state": State.CLOSING, "closed_at": now, "end_class": end_class}
+            plainsql.update(AttentionEpisode, episode_ids, changes, where=unchanged)
 
 
 def evaluate(rows, now):
