@@ -72,6 +72,8 @@ def _statement(spec, count, vendor):
     params = []
     for name, value in spec.exclude:
         field = opts.get_field(name)
+        if field.null or value is None:  # `<>` would also leave out the NULLs, which .exclude() keeps
+            raise ValueError(f"{name}: only a value of a NOT NULL field can be excluded")
         where.append(f"{table}.{quote(field.column)} <> %s")
         params.append(field.get_db_prep_value(value, connection))
     # Names come from the models, values are parameters.
@@ -82,16 +84,18 @@ def _statement(spec, count, vendor):
     return sql, tuple(params)
 
 
+def _converters_of(expression):
+    """The backend's and the field's converters of a column, as the ORM's compiler applies them."""
+    return connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
+
+
 @lru_cache(maxsize=256)
-def _converters(spec, vendor):
-    """(position, converters, expression) for each field of `spec` whose values need converting."""
-    found = []
-    for position, name in enumerate(spec.fields):
-        _, expression, _ = _column(spec.model, name, connection.ops.quote_name)
-        converters = connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
-        if converters:
-            found.append((position, tuple(converters), expression))
-    return tuple(found)
+def _converted(spec, vendor):
+    """(position, expression) of each field of `spec` whose values this kind of database converts.
+    Only the expressions are kept: the converters are the current connection's (each thread has its
+    own), taken on each read."""
+    columns = (_column(spec.model, name, connection.ops.quote_name)[1] for name in spec.fields)
+    return tuple((position, expression) for position, expression in enumerate(columns) if _converters_of(expression))
 
 
 def read(spec, keys):
@@ -107,7 +111,10 @@ def read(spec, keys):
         for chunk, (sql, params) in zip(chunks, statements, strict=True):
             cursor.execute(sql, [*chunk, *params])
             found += cursor.fetchall()
-    converting = _converters(spec, connection.vendor)
+    converting = [
+        (position, _converters_of(expression), expression)
+        for position, expression in _converted(spec, connection.vendor)
+    ]
     if not converting:
         return found
     converted = []

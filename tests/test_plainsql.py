@@ -8,7 +8,8 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from runtimes import plainsql
-from runtimes.models import LivenessEvent, Runtime, RuntimeClass
+from runtimes.intake import hooks, reports, tokens
+from runtimes.models import ApiToken, LivenessEvent, Runtime, RuntimeClass
 from runtimes.notify.models import AttentionEpisode
 from tests.conftest import make_runtime, make_ticket
 
@@ -66,9 +67,41 @@ def test_instances_load_every_field_as_the_orm_does_with_the_related_values_besi
     assert event.observed == {"a": [1]}  # JSON decoded, as the ORM decodes it
 
 
-def test_a_field_two_relations_away_is_refused():
+@pytest.mark.django_db
+def test_a_field_across_a_nullable_foreign_key_reads_as_none_where_there_is_no_row():
+    runtime = make_runtime()
+    bound, _ = tokens.mint("one runtime", runtime=runtime)
+    free, _ = tokens.mint("any host")
+    rows = plainsql.read(plainsql.Read(ApiToken, ("pk", "runtime__handle")), [bound.pk, free.pk])
+    assert rows == [(bound.pk, runtime.handle), (free.pk, None)]
+
+
+def test_a_field_two_relations_away_or_an_exclude_that_would_drop_nulls_is_refused():
     with pytest.raises(ValueError, match="one foreign key"):
         plainsql.read(plainsql.Read(LivenessEvent, ("runtime__ticket__key",)), [1])
+    with pytest.raises(ValueError, match="NOT NULL"):
+        plainsql.read(plainsql.Read(Runtime, ("pk",), exclude=(("exit_code", 0),)), [1])
+    with pytest.raises(ValueError, match="NOT NULL"):
+        plainsql.read(plainsql.Read(Runtime, ("pk",), exclude=(("handle", None),)), [1])
+
+
+@pytest.mark.django_db
+def test_a_batch_of_reports_reads_and_writes_in_a_fixed_number_of_statements(django_assert_num_queries):
+    ticket = make_ticket()
+    runtimes = [make_runtime(ticket=ticket, runtime_class=RuntimeClass.TMUX_LIVE) for _ in range(3)]
+    _, token = tokens.mint("reporter", host="test-host")
+    token = tokens.resolve(token)
+    now = timezone.now()
+    prompt = {"hook_event_name": "Notification", "notification_type": "permission_prompt", "message": "allow?"}
+    batch = [
+        reports.Report(r.pk, hooks.claude_hook(prompt, now), LivenessEvent.Source.HOOK, now, token) for r in runtimes
+    ]
+    # The savepoint and its release, the token, the runtimes and their tickets (one locked read,
+    # not a ticket query per runtime), one UPDATE for the three, one INSERT of their ledger rows.
+    with django_assert_num_queries(6):
+        written = reports.record_reports(batch)
+    assert [r.runtime.runtime_class for r in written.results] == [RuntimeClass.WAITING_INPUT] * 3
+    assert all(r.runtime.ticket_expects for r in written.results)
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (SQLite locks the whole database)")
