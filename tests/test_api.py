@@ -108,6 +108,12 @@ def test_bad_input_gets_the_right_4xx_as_json_and_writes_nothing(live_server, se
     assert call(live_server, "POST", path, token, body=[1, 2])[0] == 400
     assert call(live_server, "POST", path, token, body={"session_id": "x"})[0] == 400  # no hook_event_name
     assert call(live_server, "POST", "/runtimes/999999/claude-hook", token, claude_input("Stop"))[0] == 404
+    too_big = 2**63  # no database column holds it: 404 too, not a 500 from the query
+    report = {"exit_code": 0, "reason": "exited", **claude_input("Stop")}
+    for endpoint in ("claude-hook", "codex-notify", "exit"):
+        answer = call(live_server, "POST", f"/runtimes/{too_big}/{endpoint}", token, report)
+        assert answer == (404, {"error": f"no runtime {too_big}"})
+    assert call(live_server, "GET", f"/runtimes/{too_big}", token)[0] == 404
     settings.CONTROLROOM = {**settings.CONTROLROOM, "API_MAX_BODY": 1000}
     status, body = call(live_server, "POST", path, token, claude_input("Stop", last_assistant_message="x" * 2000))
     assert status == 413 and "CONTROLROOM_API_MAX_BODY" in body["error"]

@@ -25,6 +25,8 @@ from tickets.models import Comment, Ticket
 logger = logging.getLogger(__name__)
 LEDGER_ROWS = 50
 LIST_LIMIT = 500
+# The largest primary key (a bigint column); a larger id names no runtime.
+MAX_ID = 2**63 - 1
 
 
 class TokenAuth(HttpBearer):
@@ -179,9 +181,16 @@ def _with_attention(queryset):
     return queryset.select_related("ticket").annotate(attention=expression)
 
 
+def _runtime_id(runtime_id):
+    """The id, or a 404 for one no database column holds (a query with it would fail, not miss)."""
+    if not 0 < runtime_id <= MAX_ID:
+        raise HttpError(404, f"no runtime {runtime_id}")
+    return runtime_id
+
+
 def _writable_runtime(request, runtime_id):
     """The runtime the token may report for: 404 unknown, 403 out of its scope."""
-    runtime = get_object_or_404(Runtime.objects.select_related("ticket"), pk=runtime_id)
+    runtime = get_object_or_404(Runtime.objects.select_related("ticket"), pk=_runtime_id(runtime_id))
     if not tokens.may_write(request.auth, runtime):
         raise HttpError(403, tokens.out_of_scope(runtime_id))
     return runtime
@@ -258,7 +267,7 @@ def list_runtimes(
 
 @api.get("/runtimes/{int:runtime_id}", response=dict)
 def get_runtime(request, runtime_id: int):
-    runtime = get_object_or_404(_with_attention(Runtime.objects.all()), pk=runtime_id)
+    runtime = get_object_or_404(_with_attention(Runtime.objects.all()), pk=_runtime_id(runtime_id))
     if not tokens.may_write(request.auth, runtime):
         raise HttpError(403, f"this token may not read runtime {runtime_id}")
     events = LivenessEvent.objects.filter(runtime=runtime).order_by("-at", "-pk")[:LEDGER_ROWS]
@@ -268,6 +277,7 @@ def get_runtime(request, runtime_id: int):
 def _take_report(request, runtime_id, read):
     """Read the body, then record it; the token is checked live (401), the runtime looked up (404)
     and the token's scope checked (403) in the report's batch, where its row is read anyway."""
+    _runtime_id(runtime_id)
     payload = _json_body(request)
     try:
         signal = read(payload, timezone.now())
