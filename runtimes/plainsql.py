@@ -26,8 +26,9 @@ class Read:
     """A SELECT of `fields` of `model` rows whose `key` is one of a list of values, ordered by
     primary key. A field is a name (or attname, or "pk") of the model, or "fk__name": a field of
     the row a foreign key points to. `exclude`: (field, value) pairs the rows must differ from.
-    `lock`: the rows are locked for this transaction (FOR UPDATE OF the model's table) where the
-    database locks rows; ordered by primary key, two lockers never wait on each other in turn."""
+    `lock` (by primary key only): the rows are locked for this transaction (FOR UPDATE OF the
+    model's table) where the database locks rows; in primary-key order, chunk after chunk, so two
+    lockers never wait on each other in turn."""
 
     model: type
     fields: tuple
@@ -67,6 +68,8 @@ def _statement(spec, count, vendor):
         columns.append(column)
         if join and join not in joins:
             joins.append(join)
+    if spec.lock and spec.key != "pk":  # by another key, chunks would not lock in primary-key order
+        raise ValueError("only a read by primary key can lock its rows")
     key = opts.pk if spec.key == "pk" else opts.get_field(spec.key)
     where = [f"{table}.{quote(key.column)} IN ({', '.join(['%s'] * count)})"]
     params = []

@@ -76,13 +76,15 @@ def test_a_field_across_a_nullable_foreign_key_reads_as_none_where_there_is_no_r
     assert rows == [(bound.pk, runtime.handle), (free.pk, None)]
 
 
-def test_a_field_two_relations_away_or_an_exclude_that_would_drop_nulls_is_refused():
+def test_a_field_two_relations_away_an_exclude_that_would_drop_nulls_or_a_lock_by_another_key_is_refused():
     with pytest.raises(ValueError, match="one foreign key"):
         plainsql.read(plainsql.Read(LivenessEvent, ("runtime__ticket__key",)), [1])
     with pytest.raises(ValueError, match="NOT NULL"):
         plainsql.read(plainsql.Read(Runtime, ("pk",), exclude=(("exit_code", 0),)), [1])
     with pytest.raises(ValueError, match="NOT NULL"):
         plainsql.read(plainsql.Read(Runtime, ("pk",), exclude=(("handle", None),)), [1])
+    with pytest.raises(ValueError, match="primary key can lock"):
+        plainsql.read(plainsql.Read(AttentionEpisode, ("pk",), key="runtime_id", lock=True), [1])
 
 
 @pytest.mark.django_db
