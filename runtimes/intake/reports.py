@@ -155,13 +155,9 @@ def record_reports(reports):
         for fields, runtimes in stored.items():
             plainsql.write_rows(runtimes, fields)
         # The rows were read under lock above: every transition is written.
-        written = ledger.apply(
-            [t for _, t in transitions], now, settings.CONTROLROOM_HOST, locked=True, after_commit=after
-        )
-        written = {id(t) for t in written}
+        ledger.apply([t for _, t in transitions], now, settings.CONTROLROOM_HOST, locked=True, after_commit=after)
     for result, transition in transitions:
-        if id(transition) in written:
-            result.transitions.append(transition)
+        result.transitions.append(transition)
     # The notification step runs once the batch's reports are answered (runtimes.intake.batch).
     return batch.Written(results, after)
 
