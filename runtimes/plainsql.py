@@ -15,8 +15,8 @@ from django.db import connection
 from django.db.models import ForeignKey
 from django.db.models.expressions import Col
 
-# The most keys one SELECT names; more are read in several.
-READ_KEYS = 500
+# The most keys one statement's IN list names; more take several statements.
+IN_KEYS = 500
 # The most rows one INSERT carries (bulk_create's batch size here before).
 INSERT_ROWS = 500
 
@@ -101,13 +101,18 @@ def _converted(spec, vendor):
     return tuple((position, expression) for position, expression in enumerate(columns) if _converters_of(expression))
 
 
+def _chunks(keys):
+    """The keys in runs of at most IN_KEYS, for one statement each."""
+    return [keys[start : start + IN_KEYS] for start in range(0, len(keys), IN_KEYS)]
+
+
 def read(spec, keys):
     """The rows of `spec` whose key is one of `keys`: a tuple of the fields' values per row, as
-    the ORM gives them, ordered by primary key (one query per READ_KEYS keys)."""
+    the ORM gives them, ordered by primary key (one query per IN_KEYS keys)."""
     keys = sorted(set(keys))
     if not keys:
         return []
-    chunks = [keys[start : start + READ_KEYS] for start in range(0, len(keys), READ_KEYS)]
+    chunks = _chunks(keys)
     statements = [_statement(spec, len(chunk), connection.vendor) for chunk in chunks]
     found = []
     with connection.cursor() as cursor:
@@ -154,7 +159,7 @@ def _prepared(model, rows, fields):
 def update(model, keys, changes, where=None, increments=None):
     """UPDATE the `model` rows whose primary key is one of `keys` and whose fields hold the values
     in `where`: set each field of `changes` to its value, add to each field of `increments` its
-    number. Returns how many rows changed (one statement per READ_KEYS keys)."""
+    number. Returns how many rows changed (one statement per IN_KEYS keys)."""
     quote = connection.ops.quote_name
     opts = model._meta
     sets, set_params, conditions, condition_params = [], [], [], []
@@ -170,11 +175,9 @@ def update(model, keys, changes, where=None, increments=None):
         field = opts.get_field(name)
         conditions.append(f"{quote(field.column)} = %s")
         condition_params.append(field.get_db_prep_value(value, connection))
-    keys = list(keys)
     changed = 0
     with connection.cursor() as cursor:
-        for start in range(0, len(keys), READ_KEYS):
-            chunk = keys[start : start + READ_KEYS]
+        for chunk in _chunks(list(keys)):
             matches = [f"{quote(opts.pk.column)} IN ({', '.join(['%s'] * len(chunk))})", *conditions]
             # Names come from the model, values are parameters.
             sql = f"UPDATE {quote(opts.db_table)} SET {', '.join(sets)} WHERE {' AND '.join(matches)}"  # noqa: S608

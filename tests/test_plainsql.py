@@ -47,7 +47,7 @@ def test_a_read_by_another_key_leaves_out_the_excluded_rows():
 
 @pytest.mark.django_db
 def test_a_read_of_more_keys_than_one_select_names_reads_them_all(monkeypatch):
-    monkeypatch.setattr(plainsql, "READ_KEYS", 3)
+    monkeypatch.setattr(plainsql, "IN_KEYS", 3)
     runtimes = [make_runtime() for _ in range(7)]
     rows = plainsql.read(plainsql.Read(Runtime, ("pk", "handle")), [r.pk for r in reversed(runtimes)])
     assert rows == [(r.pk, r.handle) for r in runtimes]
@@ -132,7 +132,7 @@ def test_a_locked_read_holds_its_rows_until_the_transaction_ends():
 
 @pytest.mark.django_db
 def test_an_update_changes_only_the_named_rows_that_still_hold_and_says_how_many(monkeypatch):
-    monkeypatch.setattr(plainsql, "READ_KEYS", 2)
+    monkeypatch.setattr(plainsql, "IN_KEYS", 2)
     at = timezone.now()
     episodes = [
         AttentionEpisode.objects.create(runtime=make_runtime(), runtime_class=RuntimeClass.STALLED, state=state)
