@@ -388,31 +388,31 @@ def test_a_report_carrying_a_lone_surrogate_is_recorded_with_a_replacement_chara
     assert "\ufffd" in observed and "\ud800" not in observed
 
 
-def test_a_report_the_database_refuses_is_a_clear_503_that_wrote_nothing(live_server, monkeypatch):
+def report_refused_with(error, live_server, monkeypatch):
+    """Post a report to a database that refuses its batch with `error`: (the runtime, status, answer)."""
     runtime = make_runtime(runtime_class=RuntimeClass.TMUX_LIVE)
-    _, token = tokens.mint("db-down")
+    _, token = tokens.mint("refused")
 
     def refused(items):
-        raise OperationalError("could not connect to server")
+        raise error
 
     monkeypatch.setattr(reports, "REPORTS", batch.GroupCommit(refused, key=reports.REPORTS.key))
     hook = claude_input("Notification", notification_type="permission_prompt")
     status, answer = call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)
+    return runtime, status, answer
+
+
+def test_a_report_the_database_refuses_is_a_clear_503_that_wrote_nothing(live_server, monkeypatch):
+    error = OperationalError("could not connect to server")
+    runtime, status, answer = report_refused_with(error, live_server, monkeypatch)
     assert status == 503 and "nothing was written" in answer["error"]
     assert "could not connect" not in answer["error"]  # the details go to the log, not to the reporter
     assert not runtime.events.exists()
 
 
 def test_a_report_the_database_refuses_for_itself_is_a_500_that_does_not_ask_to_send_it_again(live_server, monkeypatch):
-    runtime = make_runtime(runtime_class=RuntimeClass.TMUX_LIVE)
-    _, token = tokens.mint("bad-value")
-
-    def refused(items):
-        raise DataError("invalid input syntax for type json")
-
-    monkeypatch.setattr(reports, "REPORTS", batch.GroupCommit(refused, key=reports.REPORTS.key))
-    hook = claude_input("Notification", notification_type="permission_prompt")
-    status, answer = call(live_server, "POST", f"/runtimes/{runtime.pk}/claude-hook", token, hook)
+    error = DataError("invalid input syntax for type json")
+    runtime, status, answer = report_refused_with(error, live_server, monkeypatch)
     assert status == 500 and "nothing was written" in answer["error"] and "send it again" not in answer["error"]
     assert "invalid input" not in answer["error"]
     assert not runtime.events.exists()
